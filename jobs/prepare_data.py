@@ -1,0 +1,51 @@
+"""Per-task sources -> sharded mixed-task Parquet (`text`, `task`, `label`) plus `labels.json`.
+
+    python -m jobs.prepare_data --task sentiment=data/sample/sentiment.tsv --labels sentiment=negative,positive \
+        --task topic=data/sample/topic.tsv --output runs/demo/data
+
+Through Ray: ray job submit --working-dir . -- python -m jobs.prepare_data --task ... --output ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mtl.prepare import prepare
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise SystemExit(f"{flag} {value!r}: expected task=value")
+        pairs[name] = rest
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", action="append", required=True, help="task=path (.tsv, .csv or .parquet)")
+    parser.add_argument("--labels", action="append", default=[], help="task=name0,name1,... (label id order)")
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--shard-rows", type=int, default=20_000)
+    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    labels = {task: names.split(",") for task, names in _pairs(args.labels, "--labels").items()}
+    summary = prepare(
+        {task: Path(path) for task, path in _pairs(args.task, "--task").items()},
+        labels,
+        args.output,
+        shard_rows=args.shard_rows,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+    )
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Multi-task sentence encoder: config, model, data contract, training and inference."""

@@ -1,0 +1,301 @@
+"""The one typed config tree: YAML in, `--set section.key=value` overrides, cross-field rules.
+
+Every error names the YAML key to change. The tree crosses process boundaries as plain data
+(`model_dump()`) and is re-validated on arrival with `Config.model_validate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key to change."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    backbone: str = DEFAULT_BACKBONE
+    """Local directory or Hugging Face id of a BERT-family encoder (loaded offline only)."""
+    pooling: Literal["auto", "cls", "mean", "max"] = "auto"
+    """Sentence vector: [CLS] state, mean or max over real tokens; auto = what the backbone declares, else cls."""
+    max_seq_length: int = Field(128, ge=8, le=8192)
+    """Tokens per text after truncation."""
+    trust_remote_code: bool = False
+    """Allow the backbone repository's own Python code to run (only for backbones you trust)."""
+    init_from: str | None = None
+    """An export directory whose encoder and heads initialise training (e.g. to retrain one head)."""
+
+
+class TaskConfig(Section):
+    labels: list[str] = Field(min_length=2)
+    """Label names; a label's id is its position in this list."""
+    loss_weight: float = Field(1.0, gt=0)
+    """Weight of this task's mean cross-entropy in the summed loss."""
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, labels: list[str]) -> list[str]:
+        duplicates = sorted({name for name in labels if labels.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"label names must be unique, repeated: {duplicates}")
+        return labels
+
+
+class DataConfig(Section):
+    train: list[str] = Field(default_factory=list)
+    """Parquet files or globs of mixed-task training rows."""
+    validation: list[str] = Field(default_factory=list)
+    """Parquet files or globs of validation rows (same contract)."""
+    text_column: str = "text"
+    """Column holding the input text."""
+    task_column: str = "task"
+    """Column holding the task name of each row."""
+    label_column: str = "label"
+    """Column holding the label: an integer id or the label's name."""
+    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
+    """How tasks are mixed: by size, by size^(1/temperature), or equally."""
+    temperature: float = Field(2.0, gt=0)
+    """Temperature for `sampling: temperature` (1 = proportional, large = uniform)."""
+    on_bad_rows: Literal["error", "skip"] = "error"
+    """Stop at the first bad row (naming file, row, column) or drop bad rows and report counts."""
+    stsb: str | None = None
+    """Optional STS-B Parquet (sentence1, sentence2, score) for the before/after forgetting check."""
+
+    @field_validator("train", "validation", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)
+    """Rank of the LoRA update matrices."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator (update scaled by alpha / r)."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    """Names of the attention projections that get adapters."""
+
+
+class FinetuneConfig(Section):
+    strategy: Literal["head_only", "lora", "partial", "full"] = "head_only"
+    """What of the backbone trains: nothing, LoRA adapters, the last N layers, or everything."""
+    unfreeze_last_n_layers: int = Field(2, ge=1)
+    """For `strategy: partial`, how many top encoder layers train."""
+    freeze_heads: list[str] = Field(default_factory=list)
+    """Task heads kept fixed (e.g. keep Task A while improving Task B)."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """LoRA settings, used when `strategy: lora`."""
+
+
+class OptimConfig(Section):
+    head_lr: float = Field(1e-3, gt=0)
+    """Peak learning rate of the task heads."""
+    backbone_lr: float = Field(2e-5, gt=0)
+    """Peak learning rate of the top backbone layer (and LoRA adapters)."""
+    layer_decay: float = Field(1.0, gt=0, le=1)
+    """Each lower encoder layer's LR is multiplied by this (1.0 = off); embeddings lowest."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay (never applied to biases and LayerNorm)."""
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    """Fraction of optimizer steps spent warming up linearly from 0."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """LR shape after warm-up; every group is scaled by the same factor."""
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping norm (0 = off)."""
+
+
+class TrainConfig(Section):
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps to run (set this or `epochs`)."""
+    epochs: float | None = Field(None, gt=0)
+    """Passes over the (sampled) training data (set this or `max_steps`)."""
+    micro_batch_size: int = Field(32, ge=1)
+    """Rows per forward pass on each worker."""
+    grad_accum_steps: int = Field(1, ge=1)
+    """Micro batches accumulated per optimizer step."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision; bf16 runs on CPUs with avx512-bf16/AMX and on recent GPUs."""
+    seed: int = 0
+    """Seed for weights, sampling and shuffling."""
+    eval_every: int = Field(200, ge=1)
+    """Validate every this many optimizer steps (and at the end)."""
+    checkpoint_every: int = Field(200, ge=1)
+    """Save a checkpoint every this many optimizer steps (and at the end)."""
+    log_every: int = Field(20, ge=1)
+    """Print a progress line every this many optimizer steps."""
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainConfig:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of train.max_steps and train.epochs")
+        return self
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: int = Field(0, ge=0, le=3)
+    """ZeRO stage: 0 off, 1 optimizer states, 2 + gradients, 3 + parameters sharded."""
+    offload_optimizer: bool = False
+    """Keep optimizer states on CPU (ZeRO >= 1; compiles DeepSpeedCPUAdam on first use)."""
+
+
+class ScalingConfig(Section):
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers (one DeepSpeed rank each)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs each training worker reserves."""
+    data_cpus: float = Field(0.5, ge=0)
+    """CPUs kept free for Ray Data read/map tasks so training never starves them."""
+
+
+class RunConfig(Section):
+    name: str = "mtl"
+    """Run name; the run directory is storage_path/name."""
+    storage_path: str = "runs"
+    """Where checkpoints, logs and the export go (local dir, NFS, or s3:// / gs://)."""
+    max_failures: int = Field(0, ge=-1)
+    """Worker failures to recover from by restarting from the last checkpoint (-1 = unlimited)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept on storage (the newest ones)."""
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The encoder and how it pools."""
+    tasks: dict[str, TaskConfig] = Field(min_length=1)
+    """Task name -> labels and loss weight; one linear head each."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Where rows come from and how tasks are mixed."""
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    """What trains."""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    """Learning rates, decay and schedule."""
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100))
+    """Loop length, batch, precision."""
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    """DeepSpeed engine settings."""
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    """Ray Train workers and resources."""
+    run: RunConfig = Field(default_factory=RunConfig)
+    """Run name, storage and fault tolerance."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, tasks: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
+        bad = [name for name in tasks if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+        if bad:
+            raise ValueError(f"task names may use letters, digits, _ and - only: {bad}")
+        return tasks
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Config:
+        unknown = [name for name in self.finetune.freeze_heads if name not in self.tasks]
+        if unknown:
+            raise ValueError(f"finetune.freeze_heads names unknown task(s) {unknown}; tasks are {list(self.tasks)}")
+        if self.finetune.strategy == "head_only" and set(self.finetune.freeze_heads) >= set(self.tasks):
+            raise ValueError(
+                "nothing to train: finetune.strategy=head_only freezes the backbone and finetune.freeze_heads "
+                "freezes every head; remove a task from finetune.freeze_heads or change finetune.strategy"
+            )
+        if self.train.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("train.precision=fp16 needs a GPU (scaling.use_gpu=true); use bf16 or fp32 on CPU")
+        if self.deepspeed.offload_optimizer and self.deepspeed.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        """Task names in head order; a row's task id is its index here."""
+        return list(self.tasks)
+
+    def with_steps_for(self, train_rows: int) -> Config:
+        """Resolve `train.epochs` into `train.max_steps` for an epoch of `train_rows` sampled rows."""
+        if self.train.max_steps is not None:
+            return self
+        rows_per_step = self.train.micro_batch_size * self.train.grad_accum_steps * self.scaling.num_workers
+        steps = max(1, math.ceil(self.train.epochs * train_rows / rows_per_step))
+        train = self.train.model_copy(update={"max_steps": steps, "epochs": None})
+        return self.model_copy(update={"train": train})
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value parsed as YAML: numbers, lists, bools)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    path = key.strip().split(".")
+    if any(not part for part in path):
+        raise ConfigError(f"--set {text!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {error}") from error
+    if isinstance(value, str) and _FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 3e-4 as a string
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw config dict with each `section.key=value` applied."""
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check spelling; see README 'Configuration')"
+        lines.append(f"  {key}: {message}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a plain dict (from YAML or `model_dump()`); errors list each bad key."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read YAML at `path`, apply `--set` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return validate_config(apply_overrides(raw, overrides or []), source=str(path))

@@ -1,0 +1,93 @@
+"""Trained model -> inference export: sentence-transformers layout + `heads/` + `mtl.json`.
+
+export/
+  config.json, model.safetensors, tokenizer files   the encoder (LoRA merged), Hugging Face format
+  modules.json, sentence_bert_config.json           so `SentenceTransformer(export)` loads it
+  1_Pooling/config.json, 2_Normalize/               the configured pooling, then L2 normalisation
+  heads/<task>.safetensors                          weight (n_labels, hidden), bias (n_labels,)
+  mtl.json                                          pooling, max_seq_length, tasks, config, metrics, provenance
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import peft
+
+from mtl.config import Config
+from mtl.data import expand_paths
+from mtl.heads import save_head
+from mtl.model import MultiTaskModel
+
+EXPORT_FORMAT_VERSION = 1
+
+
+def _git_commit() -> str | None:
+    try:
+        completed = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip() or None
+
+
+def _sentence_transformers_files(directory: Path, pooling: str, hidden_size: int, max_seq_length: int) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)
+    )
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    pooling_config = {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": pooling == "max",
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))
+    (directory / "2_Normalize").mkdir(exist_ok=True)
+
+
+def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Path, metrics: dict, steps: int) -> Path:
+    """Write everything inference needs (and nothing else) to `directory`, replacing what was there."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    encoder = model.encoder
+    if isinstance(encoder, peft.PeftModel):
+        encoder = encoder.merge_and_unload()
+    encoder = encoder.float()
+    encoder.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    hidden_size = int(encoder.config.hidden_size)
+    _sentence_transformers_files(staging, model.pooling, hidden_size, config.model.max_seq_length)
+    for name, head in model.heads.items():
+        save_head(head, staging / "heads" / f"{name}.safetensors")
+    manifest = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "pooling": model.pooling,
+        "max_seq_length": config.model.max_seq_length,
+        "hidden_size": hidden_size,
+        "tasks": {name: {"labels": list(task.labels)} for name, task in config.tasks.items()},
+        "config": config.model_dump(mode="json"),
+        "metrics": metrics,
+        "provenance": {
+            "backbone": config.model.backbone,
+            "init_from": config.model.init_from,
+            "train_files": expand_paths(config.data.train, "data.train") if config.data.train else [],
+            "steps": steps,
+            "git_commit": _git_commit(),
+        },
+    }
+    (staging / "mtl.json").write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(directory, ignore_errors=True)
+    staging.rename(directory)
+    return directory

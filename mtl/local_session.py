@@ -1,0 +1,112 @@
+"""Run the training recipe in one plain process, without Ray.
+
+Used by the smoke tests, by GPU hosts that have PyTorch and DeepSpeed but no Ray, and as the
+benchmark baseline. It owns a one-rank gloo (CPU) or NCCL (GPU) process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch.distributed as dist
+
+from mtl.config import Config
+from mtl.data import read_validated
+from mtl.sampling import epoch_indices, rows_per_task, task_weights
+from mtl.train_loop import Batch, run_training
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ensure_single_process_group(use_gpu: bool) -> None:
+    """A world of one, so DeepSpeed finds a process group instead of looking for MPI.
+
+    It stays up for the life of the process: DeepSpeed caches the group, so a destroyed and
+    re-created one breaks a second run in the same process.
+    """
+    if dist.is_initialized():
+        return
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
+    os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    dist.init_process_group("nccl" if use_gpu else "gloo", rank=0, world_size=1)
+
+
+def table_batches(table: pa.Table, indices: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    texts = np.asarray(table.column("text").to_pylist(), dtype=object)
+    task_ids = table.column("task_id").to_numpy()
+    labels = table.column("label").to_numpy()
+    stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        rows = indices[start : start + batch_size]
+        yield {"text": texts[rows], "task_id": task_ids[rows], "label": labels[rows]}
+
+
+class LocalSession:
+    """The `Session` of `mtl.train_loop` for one process; checkpoints under `<run_dir>/checkpoints`."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.run_dir = Path(config.run.storage_path) / config.run.name
+        self.checkpoint_root = self.run_dir / "checkpoints"
+        self.train_table, self.train_report = read_validated(config.data.train, config, "data.train")
+        self.validation_table = None
+        if config.data.validation:
+            self.validation_table, _ = read_validated(config.data.validation, config, "data.validation")
+        task_ids = self.train_table.column("task_id").to_numpy()
+        counts = {name: int((task_ids == i).sum()) for i, name in enumerate(config.task_names)}
+        weights = task_weights(counts, config.data.sampling, config.data.temperature)
+        self.targets = [rows_per_task(counts, weights)[name] for name in config.task_names]
+        self.metrics_log: list[dict] = []
+
+    def train_batches(self) -> Iterator[Batch]:
+        rng = np.random.default_rng(self.config.train.seed)
+        task_ids = self.train_table.column("task_id").to_numpy()
+        while True:
+            indices = epoch_indices(task_ids, self.targets, rng)
+            yield from table_batches(self.train_table, indices, self.config.train.micro_batch_size, drop_last=True)
+
+    def validation_batches(self) -> Iterable[Batch]:
+        if self.validation_table is None:
+            return iter(())
+        indices = np.arange(self.validation_table.num_rows)
+        return table_batches(self.validation_table, indices, self.config.train.micro_batch_size, drop_last=False)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self):
+        steps = sorted(self.checkpoint_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        yield str(steps[-1]) if steps else None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.metrics_log.append(metrics)
+        if checkpoint_dir is None:
+            return
+        target = self.checkpoint_root / f"step_{metrics['step']}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, target)
+        kept = sorted(self.checkpoint_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        for old in kept[: -self.config.run.keep_checkpoints]:
+            shutil.rmtree(old)
+
+
+def train_locally(config: Config) -> dict:
+    """Train in this process; returns the recipe's result plus the run directory."""
+    session = LocalSession(config)
+    config = session.config = config.with_steps_for(sum(session.targets))
+    session.run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_single_process_group(config.scaling.use_gpu)
+    result = run_training(config.model_dump(mode="json"), session)
+    return {"run_dir": str(session.run_dir), "rows": session.train_report.as_dict(), **result}

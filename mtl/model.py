@@ -1,0 +1,52 @@
+"""The multi-task model: shared encoder -> pooling -> one linear head per task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mtl.backbone import load_encoder, resolve_backbone
+from mtl.config import Config
+from mtl.heads import build_heads, load_head_into
+from mtl.pooling import normalize, pool, resolve_pooling
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, encoder: nn.Module, pooling: str, label_counts: dict[str, int]):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.heads = build_heads(encoder.config.hidden_size, label_counts)
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The sentence vector that feeds every head, not normalised."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return pool(self.pooling, hidden, attention_mask)  # (B, H)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits `(B, n_labels)` of every task for every row."""
+        pooled = self.pooled(input_ids, attention_mask)
+        return {name: head(pooled) for name, head in self.heads.items()}
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised sentence embeddings `(B, H)` for similarity."""
+        return normalize(self.pooled(input_ids, attention_mask))
+
+
+def build_model(config: Config) -> MultiTaskModel:
+    """Encoder from `model.backbone` (or `model.init_from`), pooling resolved, heads for `tasks`."""
+    source = Path(config.model.init_from) if config.model.init_from else resolve_backbone(config.model.backbone)
+    encoder = load_encoder(config.model, source)
+    pooling = resolve_pooling(config.model.pooling, source)
+    torch.manual_seed(config.train.seed)
+    model = MultiTaskModel(encoder, pooling, {name: len(task.labels) for name, task in config.tasks.items()})
+    if config.model.init_from:
+        for name, head in model.heads.items():
+            path = source / "heads" / f"{name}.safetensors"
+            if path.is_file():
+                load_head_into(head, path)
+            else:
+                print(f"model.init_from: {path} not found, head {name!r} starts from random weights")
+    return model

@@ -1,0 +1,75 @@
+"""Optimizer parameter groups (differential LR, layer-wise decay, no decay on norms/biases) and schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from mtl.config import OptimConfig
+from mtl.finetune import is_embedding, layer_index, num_encoder_layers
+from mtl.model import MultiTaskModel
+
+
+def _backbone_depth_scale(parameter_name: str, num_layers: int, layer_decay: float) -> tuple[str, float]:
+    """(group label, LR multiplier): top layer 1, each lower layer x decay, embeddings lowest."""
+    if is_embedding(parameter_name):
+        return "embeddings", layer_decay**num_layers
+    index = layer_index(parameter_name)
+    if index is None:
+        return "top", 1.0
+    return f"layer{index}", layer_decay ** (num_layers - 1 - index)
+
+
+def parameter_groups(model: MultiTaskModel, optim: OptimConfig) -> list[dict]:
+    """AdamW groups over trainable parameters only; each group carries a readable `name`."""
+    num_layers = num_encoder_layers(model)
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.startswith("heads."):
+            label, lr = "head:" + name.split(".")[1], optim.head_lr
+        else:
+            depth, scale = _backbone_depth_scale(name, num_layers, optim.layer_decay)
+            label, lr = f"backbone:{depth}", optim.backbone_lr * scale
+        decays = parameter.ndim >= 2  # biases and LayerNorm weights are 1-D: no weight decay
+        key = (label, decays)
+        if key not in groups:
+            groups[key] = {
+                "name": label if decays else f"{label}/no_decay",
+                "params": [],
+                "lr": lr,
+                "weight_decay": optim.weight_decay if decays else 0.0,
+            }
+        groups[key]["params"].append(parameter)
+    if not groups:
+        raise ValueError("nothing to train: no parameter requires a gradient (check finetune.*)")
+    return list(groups.values())
+
+
+def build_optimizer(model: MultiTaskModel, optim: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameter_groups(model, optim))
+
+
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Step -> LR multiplier shared by every group, so their LR ratios hold throughout."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> LambdaLR:
+    warmup_steps = int(optim.warmup_ratio * total_steps)
+    return LambdaLR(optimizer, lr_factor(optim.schedule, warmup_steps, total_steps))

@@ -1,0 +1,88 @@
+"""Pooling: token states -> one sentence vector; `auto` resolution; L2 normalisation and cosine.
+
+Each pooling is a pure function `(hidden (B, T, H), attention_mask (B, T)) -> (B, H)`;
+padding positions never contribute to `mean` or `max`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+POOLING_MODES = ("cls", "mean", "max")
+
+# sentence-transformers `1_Pooling/config.json` key -> our mode name.
+_SENTENCE_TRANSFORMERS_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+def cls_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    summed = (hidden * mask).sum(dim=1)  # (B, H)
+    counts = mask.sum(dim=1).clamp(min=1e-9)  # (B, 1)
+    return summed / counts
+
+
+def max_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    padding = (attention_mask == 0).unsqueeze(-1)  # (B, T, 1)
+    return hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).max(dim=1).values
+
+
+_POOLERS = {"cls": cls_pool, "mean": mean_pool, "max": max_pool}
+
+
+def pool(mode: str, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Apply a resolved pooling mode (`cls`, `mean` or `max`)."""
+    if mode not in _POOLERS:
+        raise ValueError(f"pooling mode {mode!r} is not one of {POOLING_MODES} (resolve 'auto' first)")
+    return _POOLERS[mode](hidden, attention_mask)
+
+
+def declared_pooling(backbone_dir: Path) -> str | None:
+    """The pooling a sentence-transformers model directory declares, or None if it declares none."""
+    pooling_dir = Path(backbone_dir) / "1_Pooling"
+    modules_file = Path(backbone_dir) / "modules.json"
+    if modules_file.is_file():
+        for module in json.loads(modules_file.read_text()):
+            if module.get("type", "").endswith("models.Pooling"):
+                pooling_dir = Path(backbone_dir) / module["path"]
+    config_file = pooling_dir / "config.json"
+    if not config_file.is_file():
+        return None
+    settings = json.loads(config_file.read_text())
+    modes = [mode for key, mode in _SENTENCE_TRANSFORMERS_KEYS.items() if settings.get(key)]
+    if len(modes) != 1:
+        raise ValueError(
+            f"{config_file}: declares pooling {modes or 'none of cls/mean/max'}; "
+            f"set model.pooling to one of {POOLING_MODES} explicitly"
+        )
+    return modes[0]
+
+
+def resolve_pooling(requested: str, backbone_dir: Path) -> str:
+    """`auto` -> the backbone's declared pooling, else `cls`; explicit modes pass through."""
+    if requested != "auto":
+        if requested not in _POOLERS:
+            raise ValueError(f"model.pooling={requested!r} is not one of auto, {', '.join(POOLING_MODES)}")
+        return requested
+    return declared_pooling(backbone_dir) or "cls"
+
+
+def normalize(embeddings: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows so cosine similarity compares direction only."""
+    return F.normalize(embeddings, p=2, dim=-1)
+
+
+def cosine_similarity(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine of two (B, H) batches."""
+    return (normalize(left) * normalize(right)).sum(dim=-1)

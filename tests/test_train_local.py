@@ -1,0 +1,103 @@
+"""Single-process training (no Ray): the same recipe Ray Train workers run, in one gloo process."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtl.local_session import train_locally
+
+pytestmark = pytest.mark.timeout(300)
+FAST = {"head_lr": 5e-3, "backbone_lr": 1e-3, "warmup_ratio": 0.0}
+
+
+def run(make_config, capsys, **sections):
+    result = train_locally(make_config(**sections))
+    return result, capsys.readouterr().out
+
+
+def logged_losses(output: str, task: str) -> list[float]:
+    return [
+        float(part.split("=")[1])
+        for line in output.splitlines()
+        if line.startswith("step ")
+        for part in line.split()
+        if part.startswith(f"loss/{task}=")
+    ]
+
+
+def test_loss_falls_and_export_is_complete(make_config, capsys):
+    result, output = run(
+        make_config,
+        capsys,
+        finetune={"strategy": "full"},
+        optim=FAST,
+        train={"max_steps": 100, "log_every": 20, "eval_every": 50, "checkpoint_every": 50},
+    )
+    for task in ("sentiment", "topic"):
+        losses = logged_losses(output, task)
+        assert len(losses) == 5 and losses[-1] < 0.7 * losses[0], (task, losses)
+    assert "samples/s=" in output and "eta=" in output and "lr/head:topic=" in output
+    assert result["steps"] == 100
+    assert result["metrics"]["topic"]["count"] + result["metrics"]["sentiment"]["count"] == 64
+    export = result["export_dir"]
+    manifest = json.loads(open(f"{export}/mtl.json").read())
+    assert manifest["pooling"] == "cls" and manifest["tasks"]["topic"]["labels"][0] == "ABBR"
+    assert manifest["provenance"]["steps"] == 100
+    head = load_file(f"{export}/heads/topic.safetensors")
+    assert head["weight"].shape == (6, 32) and head["bias"].shape == (6,)
+
+
+def test_resume_continues_from_the_last_checkpoint(make_config, capsys):
+    sections = {
+        "optim": FAST,
+        "train": {"max_steps": 10, "checkpoint_every": 5, "eval_every": 5, "log_every": 5},
+    }
+    run(make_config, capsys, **sections)
+    sections["train"] = {**sections["train"], "max_steps": 15}
+    result, output = run(make_config, capsys, **sections)
+    assert "resumed from checkpoint at step 10" in output
+    assert result["steps"] == 15
+    assert [line.split()[1] for line in output.splitlines() if line.startswith("step ")] == ["15/15"]
+
+
+def test_frozen_head_does_not_move(make_config, capsys, tmp_path):
+    first, _ = run(make_config, capsys, optim=FAST, train={"max_steps": 5})
+    before = load_file(f"{first['export_dir']}/heads/topic.safetensors")
+    second, _ = run(
+        make_config,
+        capsys,
+        optim=FAST,
+        model={"init_from": first["export_dir"]},
+        finetune={"strategy": "head_only", "freeze_heads": ["topic"]},
+        train={"max_steps": 5},
+        run={"name": "head_b_only"},
+    )
+    after_topic = load_file(f"{second['export_dir']}/heads/topic.safetensors")
+    after_sentiment = load_file(f"{second['export_dir']}/heads/sentiment.safetensors")
+    sentiment_before = load_file(f"{first['export_dir']}/heads/sentiment.safetensors")
+    assert torch.equal(before["weight"], after_topic["weight"])
+    assert not torch.equal(sentiment_before["weight"], after_sentiment["weight"])
+
+
+def test_export_loads_in_sentence_transformers_with_the_same_embeddings(make_config, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    from mtl.backbone import load_tokenizer
+    from mtl.config import validate_config
+    from mtl.model import build_model
+    from mtl.tokenization import tokenize
+
+    result, _ = run(make_config, capsys, finetune={"strategy": "lora"}, optim=FAST, train={"max_steps": 5})
+    export = result["export_dir"]
+    config = validate_config({**make_config().model_dump(), "model": {"backbone": export, "max_seq_length": 32}})
+    ours = build_model(config).eval()
+    texts = ["the film was great", "who is the answer here ?"]
+    tokens = tokenize(load_tokenizer(config.model, None), texts, 32)
+    with torch.no_grad():
+        expected = ours.embed(**tokens).numpy()
+    theirs = SentenceTransformer(export, device="cpu").encode(texts, normalize_embeddings=True)
+    cosine = (expected * theirs).sum(axis=1)
+    assert np.all(cosine > 0.999), cosine
