@@ -161,8 +161,8 @@ class ScalingConfig(Section):
     """One GPU per worker."""
     cpus_per_worker: float = Field(1.0, gt=0)
     """CPUs each training worker reserves."""
-    data_cpus: float = Field(0.5, ge=0)
-    """CPUs kept free for Ray Data read/map tasks so training never starves them."""
+    data_cpus: float = Field(1.0, ge=1.0)
+    """CPUs kept free for Ray Data (its file-listing task needs a whole CPU) so training never starves it."""
 
 
 class RunConfig(Section):

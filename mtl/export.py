@@ -18,7 +18,6 @@ from pathlib import Path
 import peft
 
 from mtl.config import Config
-from mtl.data import expand_paths
 from mtl.heads import save_head
 from mtl.model import MultiTaskModel
 
@@ -82,7 +81,7 @@ def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Pa
         "provenance": {
             "backbone": config.model.backbone,
             "init_from": config.model.init_from,
-            "train_files": expand_paths(config.data.train, "data.train") if config.data.train else [],
+            "train_files": list(config.data.train),
             "steps": steps,
             "git_commit": _git_commit(),
         },

@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch.distributed as dist
 
 from mtl.config import Config
-from mtl.data import read_validated
+from mtl.data import expand_paths, read_validated
 from mtl.sampling import epoch_indices, rows_per_task, task_weights
 from mtl.train_loop import Batch, run_training
 
@@ -62,7 +62,8 @@ class LocalSession:
         self.config = config
         self.run_dir = Path(config.run.storage_path) / config.run.name
         self.checkpoint_root = self.run_dir / "checkpoints"
-        self.train_table, self.train_report = read_validated(config.data.train, config, "data.train")
+        self.train_files = expand_paths(config.data.train, "data.train")
+        self.train_table, self.train_report = read_validated(self.train_files, config, "data.train")
         self.validation_table = None
         if config.data.validation:
             self.validation_table, _ = read_validated(config.data.validation, config, "data.validation")
@@ -105,7 +106,9 @@ class LocalSession:
 def train_locally(config: Config) -> dict:
     """Train in this process; returns the recipe's result plus the run directory."""
     session = LocalSession(config)
-    config = session.config = config.with_steps_for(sum(session.targets))
+    config = config.with_steps_for(sum(session.targets))
+    data = config.data.model_copy(update={"train": [str(Path(f).resolve()) for f in session.train_files]})
+    config = session.config = config.model_copy(update={"data": data})
     session.run_dir.mkdir(parents=True, exist_ok=True)
     ensure_single_process_group(config.scaling.use_gpu)
     result = run_training(config.model_dump(mode="json"), session)

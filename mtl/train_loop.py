@@ -240,6 +240,8 @@ def run_training(config_data: dict, session: Session) -> dict:
                         writer.add_scalar(key, value, step)
         if step % config.train.checkpoint_every == 0 or step == total_steps:
             save_checkpoint(engine, session, step, metrics)
+    if not metrics:  # resumed at the last step: nothing ran, but the result still carries metrics
+        metrics = evaluate(engine, session, tokenizer, config)
     if writer:
         writer.close()
 

@@ -1,0 +1,60 @@
+"""The training recipe's `Session` under Ray Train: dataset shards, checkpoints and reports via `ray.train`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import ray.train
+
+from mtl.train_loop import Batch, run_training
+
+SHUFFLE_BUFFER_ROWS = 2_048
+
+
+class RaySession:
+    def __init__(self, config_data: dict, run_dir: str, has_validation: bool):
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.run_dir = Path(run_dir)
+        self.micro_batch_size = int(config_data["train"]["micro_batch_size"])
+        self.seed = int(config_data["train"]["seed"])
+        self.has_validation = has_validation
+
+    def train_batches(self) -> Iterator[Batch]:
+        shard = ray.train.get_dataset_shard("train")
+        while True:  # every rank runs the same number of steps, so epochs simply repeat
+            yield from shard.iter_batches(
+                batch_size=self.micro_batch_size,
+                batch_format="numpy",
+                drop_last=True,
+                local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+                local_shuffle_seed=self.seed + self.rank,
+            )
+
+    def validation_batches(self) -> Iterable[Batch]:
+        if not self.has_validation:
+            return iter(())
+        shard = ray.train.get_dataset_shard("validation")
+        return shard.iter_batches(batch_size=self.micro_batch_size, batch_format="numpy")
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self):
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield directory
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_worker(worker_config: dict) -> None:
+    """`train_loop_per_worker` for `TorchTrainer`: the config arrives as plain data."""
+    session = RaySession(worker_config["config"], worker_config["run_dir"], worker_config["has_validation"])
+    run_training(worker_config["config"], session)

@@ -1,0 +1,85 @@
+"""The training driver: pre-flight the data, build Ray Datasets, run a `TorchTrainer`, return the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from mtl.config import Config, ConfigError
+from mtl.datasets import preflight, read_rows, training_dataset
+from mtl.ray_session import train_worker
+
+
+def storage_root(config: Config) -> str:
+    """Ray Train wants an absolute local path or a URI (s3://, gs://)."""
+    path = config.run.storage_path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def check_cpu_budget(config: Config) -> None:
+    """Refuse a layout where the training workers leave Ray Data no CPU (it would hang, silently)."""
+    total = float(ray.cluster_resources().get("CPU", 0))
+    held = config.scaling.num_workers * config.scaling.cpus_per_worker
+    if total - held < config.scaling.data_cpus:
+        raise ConfigError(
+            f"scaling: {config.scaling.num_workers} workers x scaling.cpus_per_worker={config.scaling.cpus_per_worker} "
+            f"hold {held} of the cluster's {total:g} CPUs, leaving less than scaling.data_cpus="
+            f"{config.scaling.data_cpus} for Ray Data; lower scaling.cpus_per_worker or scaling.num_workers"
+        )
+
+
+def train_on_ray(config: Config) -> dict:
+    train_files, train_report, counts = preflight(config.data.train, config, "data.train")
+    print(f"data.train: {len(train_files)} files, {json.dumps(train_report.as_dict())}, rows per task {counts}")
+    datasets = {}
+    if config.data.validation:
+        validation_files, validation_report, _ = preflight(config.data.validation, config, "data.validation")
+        print(f"data.validation: {len(validation_files)} files, {json.dumps(validation_report.as_dict())}")
+        datasets["validation"] = read_rows(validation_files, config)
+    datasets["train"], epoch_rows = training_dataset(train_files, config, counts)
+    config = config.with_steps_for(epoch_rows)
+    # Workers run elsewhere (another cwd, another node): hand them the files, absolute.
+    resolved = {"train": [str(Path(f).resolve()) for f in train_files]}
+    if config.data.validation:
+        resolved["validation"] = [str(Path(f).resolve()) for f in validation_files]
+    config = config.model_copy(update={"data": config.data.model_copy(update=resolved)})
+    check_cpu_budget(config)
+
+    root = storage_root(config)
+    run_dir = f"{root}/{config.run.name}"
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "run_dir": run_dir,
+            "has_validation": "validation" in datasets,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.scaling.num_workers,
+            use_gpu=config.scaling.use_gpu,
+            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=config.run.name,
+            storage_path=root,
+            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )
+    result = trainer.fit()
+    export_dir = f"{run_dir}/export"
+    manifest = json.loads(Path(export_dir, "mtl.json").read_text())
+    return {
+        "run_dir": run_dir,
+        "export_dir": export_dir,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "steps": manifest["provenance"]["steps"],
+        "rows": train_report.as_dict(),
+        "metrics": manifest["metrics"],
+    }

@@ -1,0 +1,42 @@
+"""Ray Data -> Ray Train (2 workers) -> DeepSpeed on a tiny model, through the real job entrypoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import config_dict, synthetic_rows, write_parquet
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(480)]
+
+
+def test_two_workers_on_uneven_shards_finish_and_export(tiny_backbone, tmp_path):
+    raw = config_dict(tiny_backbone, tmp_path)
+    big = write_parquet(tmp_path / "data" / "train-00000.parquet", synthetic_rows(200, seed=3))
+    small = write_parquet(tmp_path / "data" / "train-00001.parquet", synthetic_rows(37, seed=4))
+    raw["data"].update(train=[str(big), str(small)], sampling="temperature")
+    raw["train"].update(max_steps=12, eval_every=6, checkpoint_every=6, log_every=6)
+    raw["scaling"] = {"num_workers": 2, "cpus_per_worker": 0.5}
+    raw["deepspeed"] = {"zero_stage": 2}
+    raw["finetune"] = {"strategy": "full"}
+    path = tmp_path / "ray.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env=env,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 12
+    assert result["metrics"]["topic"]["count"] + result["metrics"]["sentiment"]["count"] == 64
+    manifest = json.loads(open(os.path.join(result["export_dir"], "mtl.json")).read())
+    assert manifest["provenance"]["steps"] == 12
+    assert sorted(manifest["provenance"]["train_files"]) == sorted([str(big), str(small)])
+    assert "step 12/12" in completed.stdout + completed.stderr
