@@ -39,14 +39,15 @@ class ExportedModel:
         self.heads.to(self.device).eval()
 
     @torch.inference_mode()
-    def pooled(self, texts: Sequence[str]) -> torch.Tensor:
+    def pooled(self, texts: Sequence[str], pooling: str | None = None) -> torch.Tensor:
+        """Un-normalised sentence vectors; `pooling` overrides the export's mode (for comparisons only)."""
         tokens = tokenize(self.tokenizer, texts, self.max_seq_length)
         tokens = {key: value.to(self.device) for key, value in tokens.items()}
         hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
-        return pool(self.pooling, hidden, tokens["attention_mask"]).float()  # (B, H)
+        return pool(pooling or self.pooling, hidden, tokens["attention_mask"]).float()  # (B, H)
 
-    def embed(self, texts: Sequence[str], normalized: bool = True) -> np.ndarray:
-        pooled = self.pooled(texts)
+    def embed(self, texts: Sequence[str], normalized: bool = True, pooling: str | None = None) -> np.ndarray:
+        pooled = self.pooled(texts, pooling)
         return (normalize(pooled) if normalized else pooled).cpu().numpy()
 
     @torch.inference_mode()

@@ -1,0 +1,33 @@
+import pytest
+
+from jobs.evaluate import main
+from mtl.local_session import train_locally
+from tests.conftest import write_parquet
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_evaluate_reports_tasks_and_stsb_per_pooling(make_config, tmp_path):
+    config = make_config(train={"max_steps": 5})
+    export = train_locally(config)["export_dir"]
+    stsb = write_parquet(
+        tmp_path / "stsb.parquet",
+        {
+            "sentence1": ["a cat", "a dog", "the sky"],
+            "sentence2": ["a cat", "a hog", "stocks fell"],
+            "score": [5.0, 3.0, 0.0],
+        },
+    )
+    result = main(["--model", export, "--data", config.data.validation[0], "--stsb", str(stsb), "--compare-pooling"])
+    assert set(result["tasks"]) == {"sentiment", "topic"}
+    assert result["tasks"]["topic"]["count"] + result["tasks"]["sentiment"]["count"] == 64
+    assert len(result["tasks"]["topic"]["confusion"]) == 6
+    assert set(result["stsb_spearman"]) == {"cls", "mean", "max"}
+    assert all(-1.0 <= value <= 1.0 for value in result["stsb_spearman"].values())
+
+
+def test_evaluate_names_missing_stsb_columns(make_config, tmp_path):
+    export = train_locally(make_config(train={"max_steps": 2}))["export_dir"]
+    bad = write_parquet(tmp_path / "bad.parquet", {"sentence1": ["a"], "score": [1.0]})
+    with pytest.raises(ValueError, match=r"bad.parquet: STS-B file lacks column\(s\) \['sentence2'\]"):
+        main(["--model", export, "--stsb", str(bad)])
