@@ -9,6 +9,8 @@ there too.
 
 from __future__ import annotations
 
+import functools
+import json
 import zlib
 
 import numpy as np
@@ -37,14 +39,21 @@ def preflight(patterns: list[str], config: Config, key: str) -> tuple[list[str],
 DATA_TASK_CPUS = 0.25
 
 
-def clean_rows(batch: pa.Table, config_data: dict, factors: list[float] | None = None) -> pa.Table:
+@functools.lru_cache(maxsize=4)
+def _skip_config(config_json: str) -> Config:
+    """Validated once per worker process, not once per batch."""
+    config_data = json.loads(config_json)
+    skip = {**config_data, "data": {**config_data["data"], "on_bad_rows": "skip"}}
+    return validate_config(skip, source="dataset config")
+
+
+def clean_rows(batch: pa.Table, config_json: str, factors: list[float] | None = None) -> pa.Table:
     """Ray Data map: contract rows -> `text`, `task_id`, `label`, dropping what the pre-flight counted.
 
     With `factors`, task t's rows are resampled by factors[t] (whole copies plus a seeded random
     fraction), which mixes tasks in the same streaming pass instead of re-reading the files per task.
     """
-    skip = {**config_data, "data": {**config_data["data"], "on_bad_rows": "skip"}}
-    config = validate_config(skip, source="dataset config")
+    config = _skip_config(config_json)
     label_type = batch.schema.field(config.data.label_column).type
     label_kind = "integer" if pa.types.is_integer(label_type) else "string"
     clean, _ = validate_batch(batch, "ray-data", 0, config, label_kind)
@@ -62,7 +71,7 @@ def read_rows(files: list[str], config: Config, factors: list[float] | None = No
     columns = [config.data.text_column, config.data.task_column, config.data.label_column]
     return ray.data.read_parquet(files, columns=columns, num_cpus=DATA_TASK_CPUS).map_batches(
         clean_rows,
-        fn_kwargs={"config_data": config.model_dump(mode="json"), "factors": factors},
+        fn_kwargs={"config_json": config.model_dump_json(), "factors": factors},
         batch_format="pyarrow",
         num_cpus=DATA_TASK_CPUS,
     )

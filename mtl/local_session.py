@@ -71,7 +71,6 @@ class LocalSession:
         counts = {name: int((task_ids == i).sum()) for i, name in enumerate(config.task_names)}
         weights = task_weights(counts, config.data.sampling, config.data.temperature)
         self.targets = [rows_per_task(counts, weights)[name] for name in config.task_names]
-        self.metrics_log: list[dict] = []
 
     def train_batches(self) -> Iterator[Batch]:
         rng = np.random.default_rng(self.config.train.seed)
@@ -92,7 +91,6 @@ class LocalSession:
         yield str(steps[-1]) if steps else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self.metrics_log.append(metrics)
         if checkpoint_dir is None:
             return
         target = self.checkpoint_root / f"step_{metrics['step']}"
