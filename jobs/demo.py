@@ -1,4 +1,5 @@
-"""`make demo`: prepare the bundled sample, train `poc.yaml`, print validation metrics and predictions.
+"""`make demo`: prepare the bundled sample, train `poc.yaml` on a local Ray (Ray Data -> Ray Train ->
+DeepSpeed), export, evaluate the export, print validation metrics and example predictions.
 
 python -m jobs.demo
 """
@@ -9,10 +10,11 @@ import json
 import shutil
 from pathlib import Path
 
+from jobs.evaluate import main as evaluate
 from jobs.prepare_data import main as prepare_data
+from jobs.train import main as train
 from mtl.config import load_config
 from mtl.inference import ExportedModel
-from mtl.local_session import train_locally
 
 SAMPLE = Path("data/sample")
 EXAMPLES = [
@@ -40,13 +42,16 @@ def main() -> None:
             "0.2",
         ]
     )
-    config = load_config("jobs/configs/poc.yaml")
+    config_path = "jobs/configs/poc.yaml"
+    config = load_config(config_path)
     # A demo starts fresh; a real run with the same name would resume from its checkpoints instead.
     shutil.rmtree(Path(config.run.storage_path) / config.run.name, ignore_errors=True)
-    result = train_locally(config)
-    model = ExportedModel(result["export_dir"])
+    result = train(["--config", config_path])
+    print("\nevaluating the export on the validation rows:")
+    evaluation = evaluate(["--model", result["export_dir"], "--data", config.data.validation[0]])
+    model = ExportedModel.load(result["export_dir"])
     print("\nvalidation:")
-    for task, metrics in result["metrics"].items():
+    for task, metrics in evaluation["tasks"].items():
         scores = f"accuracy={metrics['accuracy']:.3f} macro_f1={metrics['macro_f1']:.3f}"
         print(f"  {task:<10} {scores} rows={metrics['count']}")
     print("\npredictions:")
@@ -55,7 +60,7 @@ def main() -> None:
             f"{task}={p['label']} ({max(p['probabilities'].values()):.2f})" for task, p in prediction.items()
         )
         print(f"  {text!r:<42} {labels}")
-    summary = {"run_dir": result["run_dir"], "export_dir": result["export_dir"], "metrics": result["metrics"]}
+    summary = {"run_dir": result["run_dir"], "export_dir": result["export_dir"], "metrics": evaluation["tasks"]}
     print(json.dumps(summary))
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from mtl.config import validate_config
 from mtl.data import read_validated
 from mtl.evaluation import classification_report, stsb_spearman
 from mtl.inference import ExportedModel
+from mtl.plots import plot_confusion
 from mtl.pooling import POOLING_MODES
 
 
@@ -25,8 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", action="append", default=[], help="Parquet file/glob in the data contract")
     parser.add_argument("--stsb", help="STS-B Parquet (sentence1, sentence2, score)")
     parser.add_argument("--compare-pooling", action="store_true", help="STS-B Spearman for cls, mean and max")
+    parser.add_argument("--plots", help="where the confusion-matrix PNGs go (default: <export>/../evaluation)")
     args = parser.parse_args(argv)
-    model = ExportedModel(args.model)
+    model = ExportedModel.load(args.model)
     result: dict = {"model": args.model, "pooling": model.pooling}
     if args.data:
         # Only the tasks and column names matter for reading rows; the rest of the training config may be older.
@@ -38,6 +41,11 @@ def main(argv: list[str] | None = None) -> dict:
         for task, metrics in result["tasks"].items():
             print(f"{task}: accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} n={metrics['count']}")
             print(f"  confusion (rows = true {model.labels[task]}): {metrics['confusion']}")
+        plots = Path(args.plots) if args.plots else Path(args.model).resolve().parent / "evaluation" / "confusion"
+        result["figures"] = [
+            str(plot_confusion(m["confusion"], model.labels[task], f"{task} confusion", plots / f"{task}.png"))
+            for task, m in result["tasks"].items()
+        ]
     if args.stsb:
         modes = POOLING_MODES if args.compare_pooling else (model.pooling,)
         result["stsb_spearman"] = {mode: stsb_spearman(model, args.stsb, pooling=mode) for mode in modes}

@@ -30,16 +30,13 @@ def classification_report(model: ExportedModel, rows: pa.Table, task_names: list
     return report
 
 
-def stsb_spearman(model: ExportedModel, path: str, pooling: str | None = None, batch_size: int = 64) -> float:
+def stsb_spearman(model: ExportedModel, path: str, pooling: str | None = None) -> float:
     """Spearman correlation of cosine(sentence1, sentence2) with the gold `score` column."""
     table = pq.read_table(path)
     missing = {"sentence1", "sentence2", "score"} - set(table.column_names)
     if missing:
         raise DataError(f"{path}: STS-B file lacks column(s) {sorted(missing)} (has {table.column_names})")
     left, right = table.column("sentence1").to_pylist(), table.column("sentence2").to_pylist()
-    cosines = []
-    for start in range(0, len(left), batch_size):
-        a = model.embed(left[start : start + batch_size], pooling=pooling)
-        b = model.embed(right[start : start + batch_size], pooling=pooling)
-        cosines.append((a * b).sum(axis=1))
-    return spearman(np.concatenate(cosines), table.column("score").to_numpy())
+    a = model.embed(left, pooling=pooling)
+    b = model.embed(right, pooling=pooling)
+    return spearman((a * b).sum(axis=1), table.column("score").to_numpy())

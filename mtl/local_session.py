@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from mtl.config import Config
 from mtl.data import expand_paths, read_validated
+from mtl.report import write_report
 from mtl.sampling import epoch_indices, rows_per_task, task_weights
 from mtl.train_loop import Batch, run_training
 
@@ -110,4 +111,5 @@ def train_locally(config: Config) -> dict:
     session.run_dir.mkdir(parents=True, exist_ok=True)
     ensure_single_process_group(config.scaling.use_gpu)
     result = run_training(config.model_dump(mode="json"), session)
-    return {"run_dir": str(session.run_dir), "rows": session.train_report.as_dict(), **result}
+    report = write_report(session.run_dir, config, Path(result["export_dir"]))
+    return {"run_dir": str(session.run_dir), "rows": session.train_report.as_dict(), "report": report, **result}

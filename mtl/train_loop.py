@@ -28,6 +28,7 @@ from mtl.losses import multitask_loss
 from mtl.metrics import accuracy_from_confusion, macro_f1_from_confusion
 from mtl.model import MultiTaskModel, build_model
 from mtl.optim import build_optimizer, build_scheduler
+from mtl.report import append_history
 from mtl.tokenization import tokenize
 
 Batch = dict[str, np.ndarray]  # text (object), task_id (int32), label (int64); micro_batch_size rows
@@ -121,23 +122,38 @@ def evaluate(engine, session: Session, tokenizer, config: Config) -> dict:
     return metrics
 
 
-def save_checkpoint(engine, session: Session, step: int, metrics: dict) -> None:
+def save_checkpoint(engine, session: Session, step: int, metrics: dict, best: float) -> None:
     """Every rank writes its DeepSpeed shard into its own temp dir and reports it."""
     with tempfile.TemporaryDirectory(prefix="mtl-ckpt-") as directory:
-        engine.save_checkpoint(directory, tag="state", client_state={"step": step})
+        engine.save_checkpoint(directory, tag="state", client_state={"step": step, "best": best})
         session.report({"step": step, **flatten(metrics)}, checkpoint_dir=directory)
 
 
-def resume(engine, session: Session) -> int:
-    """Load the session's latest checkpoint if any; return the step to continue from."""
+def resume(engine, session: Session) -> tuple[int, float]:
+    """Load the session's latest checkpoint if any; return the step to continue from and the best score."""
     with session.latest_checkpoint() as directory:
         if directory is None:
-            return 0
+            return 0, float("-inf")
         _, client_state = engine.load_checkpoint(directory, tag="state")
         step = int(client_state["step"])
         if session.rank == 0:
             print(f"resumed from checkpoint at step {step} ({directory})", flush=True)
-        return step
+        return step, float(client_state.get("best", float("-inf")))
+
+
+def selection_score(metrics: dict) -> float:
+    """What "best checkpoint" means: the mean over tasks of validation macro-F1."""
+    return float(np.mean([task["macro_f1"] for task in metrics.values()]))
+
+
+def export_snapshot(engine, session: Session, config: Config, tokenizer, name: str, metrics: dict, step: int):
+    """Collective (every rank calls it): consolidate the model and export it on rank 0 to `<run_dir>/<name>`."""
+    full_model = gather_full_model(engine, config)
+    if full_model is None:
+        return None
+    from mtl.export import export_model
+
+    return str(export_model(full_model, config, tokenizer, session.run_dir / name, metrics=metrics, steps=step))
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict:
@@ -196,7 +212,7 @@ def run_training(config_data: dict, session: Session) -> dict:
         lr_scheduler=scheduler,
         config=deepspeed_config(config, session.world_size),
     )
-    step = resume(engine, session)
+    step, best = resume(engine, session)
 
     writer = _tensorboard(session)
     batches = session.train_batches()
@@ -221,6 +237,7 @@ def run_training(config_data: dict, session: Session) -> dict:
             means = {name: float(np.mean(values)) if values else float("nan") for name, values in running.items()}
             rows = (step - start_step) * rows_per_step
             print(log_progress(step, total_steps, means, optimizer, rows, started), flush=True)
+            append_history(session.run_dir, {"kind": "train", "step": step, "loss": means})
             if writer:
                 for name, value in means.items():
                     writer.add_scalar(f"train/loss/{name}", value, step)
@@ -235,24 +252,29 @@ def run_training(config_data: dict, session: Session) -> dict:
                     for name, m in metrics.items()
                 )
                 print(f"validation step {step}: {summary}", flush=True)
+                append_history(session.run_dir, {"kind": "validation", "step": step, "metrics": metrics})
                 if writer:
                     for key, value in flatten(metrics, "validation/").items():
                         writer.add_scalar(key, value, step)
+            has_rows = any(task["count"] for task in metrics.values())
+            if has_rows and selection_score(metrics) > best:  # same on every rank: metrics are all-reduced
+                best = selection_score(metrics)
+                path = export_snapshot(engine, session, config, tokenizer, "best", metrics, step)
+                if path:
+                    print(f"best validation so far (mean macro-F1 {best:.4f}): exported {path}", flush=True)
         if step % config.train.checkpoint_every == 0 or step == total_steps:
-            save_checkpoint(engine, session, step, metrics)
+            save_checkpoint(engine, session, step, metrics, best)
     if not metrics:  # resumed at the last step: nothing ran, but the result still carries metrics
         metrics = evaluate(engine, session, tokenizer, config)
     if writer:
         writer.close()
 
-    result: dict = {"metrics": metrics, "steps": step}
-    full_model = gather_full_model(engine, config)
-    if full_model is not None:
-        from mtl.export import export_model
-
-        export_dir = session.run_dir / "export"
-        export_model(full_model, config, tokenizer, export_dir, metrics=metrics, steps=step)
-        result["export_dir"] = str(export_dir)
+    result: dict = {"metrics": metrics, "steps": step, "best_score": best}
+    export_dir = export_snapshot(engine, session, config, tokenizer, "export", metrics, step)
+    if export_dir is not None:
+        result["export_dir"] = export_dir
+        if (session.run_dir / "best").is_dir():
+            result["best_dir"] = str(session.run_dir / "best")
     return result
 
 

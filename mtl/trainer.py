@@ -12,6 +12,7 @@ from ray.train.torch import TorchTrainer
 from mtl.config import Config, ConfigError
 from mtl.datasets import preflight, read_rows, training_dataset
 from mtl.ray_session import train_worker
+from mtl.report import write_report
 
 
 def storage_root(config: Config) -> str:
@@ -75,9 +76,13 @@ def train_on_ray(config: Config) -> dict:
     result = trainer.fit()
     export_dir = f"{run_dir}/export"
     manifest = json.loads(Path(export_dir, "mtl.json").read_text())
+    report = write_report(Path(run_dir), config, Path(export_dir))
+    best_dir = Path(run_dir, "best")
     return {
         "run_dir": run_dir,
         "export_dir": export_dir,
+        "best_dir": str(best_dir) if best_dir.is_dir() else None,
+        "report": report,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "steps": manifest["provenance"]["steps"],
         "rows": train_report.as_dict(),

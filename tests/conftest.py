@@ -99,3 +99,24 @@ def make_config(tiny_backbone, tmp_path):
         return validate_config(config_dict(tiny_backbone, tmp_path, **sections))
 
     return build
+
+
+def make_tiny_export(directory: Path, backbone: Path, pooling: str = "mean") -> Path:
+    """An export (as jobs.train writes it) of the untrained tiny model with random heads; no training needed."""
+    from mtl.backbone import load_tokenizer
+    from mtl.export import export_model
+    from mtl.model import build_model
+
+    config = validate_config(
+        {
+            "model": {"backbone": str(backbone), "max_seq_length": 32, "pooling": pooling},
+            "tasks": {"sentiment": {"labels": SENTIMENT}, "topic": {"labels": TOPIC}},
+        }
+    )
+    model = build_model(config)
+    return export_model(model, config, load_tokenizer(config.model), directory, metrics={}, steps=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_backbone, tmp_path_factory) -> Path:
+    return make_tiny_export(tmp_path_factory.mktemp("tiny-export") / "export", tiny_backbone)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from jobs.evaluate import main
@@ -22,6 +24,8 @@ def test_evaluate_reports_tasks_and_stsb_per_pooling(make_config, tmp_path):
     assert set(result["tasks"]) == {"sentiment", "topic"}
     assert result["tasks"]["topic"]["count"] + result["tasks"]["sentiment"]["count"] == 64
     assert len(result["tasks"]["topic"]["confusion"]) == 6
+    assert sorted(Path(f).name for f in result["figures"]) == ["sentiment.png", "topic.png"]
+    assert all(Path(f).is_file() and Path(export) not in Path(f).parents for f in result["figures"])
     assert set(result["stsb_spearman"]) == {"cls", "mean", "max"}
     assert all(-1.0 <= value <= 1.0 for value in result["stsb_spearman"].values())
 

@@ -1,6 +1,7 @@
 """Single-process training (no Ray): the same recipe Ray Train workers run, in one gloo process."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtl.local_session import train_locally
+from tests.conftest import write_parquet
 
 pytestmark = pytest.mark.timeout(300)
 FAST = {"head_lr": 5e-3, "backbone_lr": 1e-3, "warmup_ratio": 0.0}
@@ -28,10 +30,15 @@ def logged_losses(output: str, task: str) -> list[float]:
     ]
 
 
-def test_loss_falls_and_export_is_complete(make_config, capsys):
+def test_loss_falls_and_export_is_complete(make_config, capsys, tmp_path):
+    stsb = write_parquet(
+        tmp_path / "stsb.parquet",
+        {"sentence1": ["a cat", "a dog", "the sky"], "sentence2": ["a cat", "a hog", "x"], "score": [5.0, 3.0, 0.0]},
+    )
     result, output = run(
         make_config,
         capsys,
+        data={"stsb": str(stsb)},
         finetune={"strategy": "full"},
         optim=FAST,
         train={"max_steps": 100, "log_every": 20, "eval_every": 50, "checkpoint_every": 50},
@@ -48,6 +55,20 @@ def test_loss_falls_and_export_is_complete(make_config, capsys):
     assert manifest["provenance"]["steps"] == 100
     head = load_file(f"{export}/heads/topic.safetensors")
     assert head["weight"].shape == (6, 32) and head["bias"].shape == (6,)
+    # The best validation checkpoint is exported too, and the run report has curves and STS-B before/after.
+    best = json.loads(open(f"{result['best_dir']}/mtl.json").read())
+    assert best["provenance"]["steps"] in (50, 100)
+    report = result["report"]
+    assert {Path(f).name for f in report["figures"]} == {
+        "loss.png",
+        "validation_loss.png",
+        "validation_accuracy.png",
+        "validation_macro_f1.png",
+    }
+    assert all(Path(f).stat().st_size > 1000 for f in report["figures"])
+    assert set(report["stsb_spearman"]) >= {"before", "after", "change"}
+    assert -1 <= report["stsb_spearman"]["after"] <= 1
+    assert json.loads((Path(result["run_dir"]) / "report" / "report.json").read_text()) == report
 
 
 def test_resume_continues_from_the_last_checkpoint(make_config, capsys):

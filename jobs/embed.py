@@ -1,0 +1,72 @@
+"""Batch embedding/scoring on Ray Data: Parquet in, Parquet out.
+
+    python -m jobs.embed --model runs/production/export --input '../shared/data/sst2/train-*.parquet' \
+        --output runs/embeddings/sst2 [--tasks all] [--precision bf16] [--keep-columns label]
+
+Through a cluster: ray job submit --working-dir . -- python -m jobs.embed ... (paths as the cluster sees them).
+Output columns: the kept input columns, `embedding` (fixed-size list<float32>), and with --tasks per task
+`<task>_label`, `<task>_label_id`, `<task>_score`. Rows keep the input order. The last stdout line is one
+JSON object: rows in/out, rows skipped by reason, seconds, rows/s, output path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from mtl.batch_embed import EmbedOptions, run_embedding
+
+
+def parse_options(argv: list[str] | None) -> EmbedOptions:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="export directory (jobs.train output)")
+    parser.add_argument("--input", required=True, action="append", help="Parquet file or glob (repeatable)")
+    parser.add_argument("--output", required=True, help="output directory of Parquet files")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--keep-columns", default="", help="comma-separated input columns copied to the output")
+    parser.add_argument("--tasks", default="", help="'all' or comma-separated task names to score")
+    parser.add_argument("--no-normalize", action="store_true", help="raw pooled vectors instead of unit length")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch (default 256)")
+    parser.add_argument("--actors", type=int, default=1, help="model replicas in the actor pool (default 1)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, help="torch threads per actor (default: cores / actors)")
+    parser.add_argument("--on-empty", choices=("error", "skip"), default="error", help="null/empty texts")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.actors < 1:
+        parser.error("--batch-size and --actors must be at least 1")
+    return EmbedOptions(
+        model=args.model,
+        inputs=args.input,
+        output=args.output,
+        text_column=args.text_column,
+        keep_columns=[name for name in args.keep_columns.split(",") if name],
+        tasks=[] if not args.tasks else ["all"] if args.tasks == "all" else args.tasks.split(","),
+        normalize=not args.no_normalize,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+        threads=args.threads or max(1, (os.cpu_count() or 1) // args.actors),
+        on_empty=args.on_empty,
+        overwrite=args.overwrite,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    options = parse_options(argv)
+    import ray
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ray.init()
+    summary = run_embedding(options)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The run report: training history -> loss/accuracy curves (PNG), STS-B before/after, `report.json`.
+
+Rank 0 appends one JSON line per logged step and per validation to `<run_dir>/history.jsonl`
+(`append_history`); after training the driver calls `write_report`, which writes `<run_dir>/report/`.
+The STS-B Spearman of the starting encoder and of the export is the catastrophic-forgetting guard.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from mtl.backbone import load_encoder, load_tokenizer, resolve_backbone
+from mtl.config import Config
+from mtl.evaluation import stsb_spearman
+from mtl.inference import ExportedModel
+from mtl.plots import plot_series
+from mtl.pooling import resolve_pooling
+
+HISTORY = "history.jsonl"
+
+
+def append_history(run_dir: Path, record: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / HISTORY, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / HISTORY
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # A resumed run re-logs the steps after its checkpoint: keep the last record per (kind, step).
+    latest = {(record["kind"], record["step"]): record for record in records}
+    return sorted(latest.values(), key=lambda record: (record["step"], record["kind"]))
+
+
+def starting_model(config: Config) -> ExportedModel:
+    """The encoder before fine-tuning (`model.init_from` or the backbone) with the run's pooling, no heads."""
+    source = Path(config.model.init_from) if config.model.init_from else resolve_backbone(config.model.backbone)
+    return ExportedModel(
+        encoder=load_encoder(config.model, source),
+        tokenizer=load_tokenizer(config.model, source),
+        pooling=resolve_pooling(config.model.pooling, source),
+        max_seq_length=config.model.max_seq_length,
+        labels={},
+        heads=nn.ModuleDict(),
+        manifest={},
+    )
+
+
+def write_report(run_dir: Path, config: Config, export_dir: Path) -> dict:
+    """Curves from the history, STS-B before/after when `data.stsb` is set; returns what `report.json` holds."""
+    run_dir, out = Path(run_dir), Path(run_dir) / "report"
+    history = read_history(run_dir)
+    report: dict = {"figures": []}
+    train = [record for record in history if record["kind"] == "train"]
+    validation = [record for record in history if record["kind"] == "validation"]
+    if train:
+        steps = [record["step"] for record in train]
+        losses = {name: [record["loss"].get(name, float("nan")) for record in train] for name in config.task_names}
+        curves = {name: (steps, values) for name, values in losses.items()}
+        report["figures"].append(str(plot_series(curves, "training loss per task", "cross-entropy", out / "loss.png")))
+    if validation:
+        for metric in ("loss", "accuracy", "macro_f1"):
+            curves = {
+                name: ([r["step"] for r in validation], [r["metrics"][name][metric] for r in validation])
+                for name in config.task_names
+            }
+            path = out / f"validation_{metric}.png"
+            report["figures"].append(str(plot_series(curves, f"validation {metric} per task", metric, path)))
+        report["validation"] = validation[-1]["metrics"]
+    if config.data.stsb:
+        before = stsb_spearman(starting_model(config), config.data.stsb)
+        after = stsb_spearman(ExportedModel.load(export_dir), config.data.stsb)
+        report["stsb_spearman"] = {"before": before, "after": after, "change": after - before, "file": config.data.stsb}
+        print(f"STS-B Spearman ({config.data.stsb}): before {before:.4f} -> after {after:.4f} ({after - before:+.4f})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report

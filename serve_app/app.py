@@ -1,0 +1,49 @@
+"""The application builder: `serve run serve_app/serve_config.yaml` imports `serve_app.app:build_app`.
+
+Ingress (FastAPI) --handle--> Encoder (@serve.batch)  --pooled vectors-->  head_<task> (one per task)
+"""
+
+from __future__ import annotations
+
+import json
+
+from ray.serve import Application
+
+from serve_app.args import AppArgs
+from serve_app.encoder import Encoder
+from serve_app.heads import TaskHead
+from serve_app.ingress import Ingress
+
+
+def build_app(args: AppArgs) -> Application:
+    if isinstance(args, dict):
+        args = AppArgs.model_validate(args)
+    model_dir = args.resolved_model_dir()
+    manifest = json.loads((model_dir / "mtl.json").read_text())
+    encoder = Encoder.options(
+        num_replicas=args.encoder_replicas,
+        ray_actor_options={"num_cpus": args.encoder_cpus, "num_gpus": args.encoder_gpus},
+        user_config={"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s},
+        max_ongoing_requests=max(args.max_ongoing_requests, args.max_batch_size) * 2,
+    ).bind(str(model_dir), args.precision, args.encoder_threads, "cuda" if args.encoder_gpus > 0 else "cpu")
+    heads = {
+        task: TaskHead.options(
+            name=f"head_{task}", ray_actor_options={"num_cpus": args.head_cpus}, user_config={"head_file": None}
+        ).bind(str(model_dir), task)
+        for task in manifest["tasks"]
+    }
+    info = {
+        "tasks": {name: task["labels"] for name, task in manifest["tasks"].items()},
+        "pooling": manifest["pooling"],
+        "dim": int(manifest["hidden_size"]),
+        "max_seq_length": int(manifest["max_seq_length"]),
+        "provenance": manifest.get("provenance", {}),
+        "metrics": manifest.get("metrics", {}),
+    }
+    limits = {"max_texts": args.max_texts, "max_chars": args.max_chars, "auth_token_env": args.auth_token_env}
+    return Ingress.options(
+        num_replicas=args.ingress_replicas,
+        ray_actor_options={"num_cpus": args.ingress_cpus},
+        max_ongoing_requests=args.max_ongoing_requests,
+        max_queued_requests=args.max_queued_requests,
+    ).bind(encoder, heads, info, limits)

@@ -1,0 +1,53 @@
+"""The builder's arguments (the `args:` block of `serve_config.yaml`), validated by pydantic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR_ENV = "MTL_MODEL_DIR"
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str = "runs/production/export"
+    """Export directory; the environment variable MTL_MODEL_DIR overrides it; relative = from the project root."""
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    """Encoder dynamic batching: texts per forward pass (also reconfigurable through the Encoder's user_config)."""
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+    """How long the encoder waits to fill a batch."""
+    max_texts: int = Field(256, ge=1)
+    """Texts (or pairs x 2) per request; more is 413 (use jobs.embed for bulk work)."""
+    max_chars: int = Field(2000, ge=1)
+    """Characters per text; longer is 413."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Encoder compute: bf16 autocast pays off on AMX/avx512-bf16 CPUs and GPUs (measured in bench_serve)."""
+    encoder_replicas: int = Field(1, ge=1)
+    encoder_cpus: float = Field(1.0, gt=0)
+    encoder_gpus: float = Field(0.0, ge=0)
+    encoder_threads: int | None = Field(None, ge=1)
+    """torch threads in each encoder replica (default: torch's choice)."""
+    head_cpus: float = Field(0.1, gt=0)
+    ingress_cpus: float = Field(0.25, gt=0)
+    ingress_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(64, ge=1)
+    """Requests in flight per ingress replica."""
+    max_queued_requests: int = Field(256, ge=-1)
+    """Requests waiting for an ingress replica; beyond that Serve answers 503 (-1 = unbounded)."""
+    auth_token_env: str = "MTL_API_TOKEN"
+    """If this environment variable is set on the ingress, /v1/* requires `Authorization: Bearer <token>`."""
+
+    def resolved_model_dir(self) -> Path:
+        raw = os.environ.get(MODEL_DIR_ENV) or self.model_dir
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = (Path.cwd() / path) if (Path.cwd() / path).is_dir() else PROJECT_ROOT / path
+        if not (path / "mtl.json").is_file():
+            source = f"${MODEL_DIR_ENV}" if os.environ.get(MODEL_DIR_ENV) else "args.model_dir"
+            raise FileNotFoundError(f"{source}={raw!r}: {path} is not an export directory (no mtl.json)")
+        return path

@@ -1,0 +1,98 @@
+"""Batch embedding: pre-flight errors, the Ray Data callable against sentence-transformers, the job end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from mtl.batch_embed import EmbedBatch, EmbedOptions, preflight
+from mtl.data import DataError
+from tests.conftest import write_parquet
+
+TEXTS = ["the film was great", "who wrote hamlet ?", "a dull , lifeless mess", "how far is the moon ?"]
+
+
+def options(tiny_export, tmp_path, **changes) -> EmbedOptions:
+    base = {"model": str(tiny_export), "inputs": [str(tmp_path / "in" / "*.parquet")], "output": str(tmp_path / "out")}
+    return EmbedOptions(**{**base, **changes})
+
+
+def test_missing_text_column_names_file_and_column(tiny_export, tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", {"sentence": TEXTS})
+    with pytest.raises(DataError, match=r"a.parquet: no column\(s\) \['text'\]"):
+        preflight(options(tiny_export, tmp_path))
+
+
+def test_wrong_text_type_names_column(tiny_export, tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", {"text": [1, 2]})
+    with pytest.raises(DataError, match=r"a.parquet: column 'text' is int64, expected string"):
+        preflight(options(tiny_export, tmp_path))
+
+
+def test_empty_texts_error_with_rows_or_are_counted(tiny_export, tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", {"text": ["fine", None, "  ", "ok"]})
+    with pytest.raises(DataError, match=r"a.parquet: 2 null or empty text\(s\) in column 'text' \(rows \[1, 2\]\)"):
+        preflight(options(tiny_export, tmp_path))
+    _, counts = preflight(options(tiny_export, tmp_path, on_empty="skip"))
+    assert counts == {"rows_in": 4, "skipped": {"empty_text": 2}}
+
+
+def test_existing_output_needs_overwrite(tiny_export, tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", {"text": TEXTS})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.parquet").write_text("x")
+    with pytest.raises(FileExistsError, match="--output .* exists and is not empty; pass --overwrite"):
+        preflight(options(tiny_export, tmp_path))
+    preflight(options(tiny_export, tmp_path, overwrite=True))
+
+
+@pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.999), ("bf16", 0.99)])
+def test_embeddings_match_sentence_transformers(tiny_export, tmp_path, precision, floor):
+    from sentence_transformers import SentenceTransformer
+
+    embed = EmbedBatch(options(tiny_export, tmp_path, precision=precision, tasks=["all"], keep_columns=["id"]))
+    out = embed(pa.table({"id": [10, 11, 12, 13], "text": TEXTS}))
+    assert out.column_names == [
+        "id", "embedding",
+        "sentiment_label", "sentiment_label_id", "sentiment_score",
+        "topic_label", "topic_label_id", "topic_score",
+    ]  # fmt: skip
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    ours = np.stack(out.column("embedding").to_numpy(zero_copy_only=False))
+    theirs = SentenceTransformer(str(tiny_export), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    cosine = (ours * theirs).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert np.all(cosine >= floor), cosine
+    assert out.column("id").to_pylist() == [10, 11, 12, 13]
+    labels = out.column("topic_label").to_pylist()
+    assert all(label in {"ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"} for label in labels)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_job_writes_parquet_in_order_and_counts_skips(tiny_export, tmp_path):
+    first = {"id": list(range(50)), "text": [f"row {i}" for i in range(50)]}
+    write_parquet(tmp_path / "in" / "part-0.parquet", first)
+    texts = [f"another sentence number {i}" for i in range(30)]
+    texts[7] = ""
+    write_parquet(tmp_path / "in" / "part-1.parquet", {"id": list(range(50, 80)), "text": texts})
+    command = [
+        sys.executable, "-m", "jobs.embed", "--model", str(tiny_export),
+        "--input", str(tmp_path / "in" / "*.parquet"), "--output", str(tmp_path / "out"),
+        "--keep-columns", "id", "--tasks", "sentiment", "--on-empty", "skip", "--batch-size", "16",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert summary["rows_in"] == 80 and summary["rows_out"] == 79 and summary["skipped"] == {"empty_text": 1}
+    assert summary["rows_per_s"] > 0 and summary["output"] == str(tmp_path / "out")
+    frame = pd.concat(pd.read_parquet(path) for path in sorted((tmp_path / "out").glob("*.parquet")))
+    assert frame["id"].tolist() == [i for i in range(80) if i != 57]
+    assert len(frame["embedding"].iloc[0]) == 32 and isinstance(float(frame["embedding"].iloc[0][0]), float)
+    assert set(frame["sentiment_label"]) <= {"negative", "positive"}
+    assert not (tmp_path / "out.partial").exists()
