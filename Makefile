@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo fuzz clean
 
 install: $(STAMP)
 
@@ -26,7 +26,11 @@ test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m jobs.demo
+	$(PY) -m jobs.demo $(ARGS)
+
+# Schemathesis against the served /openapi.json; fails on any 5xx.
+fuzz: $(STAMP)
+	$(PY) -m jobs.fuzz_serve
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

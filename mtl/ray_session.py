@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -57,4 +58,6 @@ class RaySession:
 def train_worker(worker_config: dict) -> None:
     """`train_loop_per_worker` for `TorchTrainer`: the config arrives as plain data."""
     session = RaySession(worker_config["config"], worker_config["run_dir"], worker_config["has_validation"])
+    node = ray.get_runtime_context().get_node_id()
+    print(f"worker rank {session.rank}/{session.world_size} on node {node} pid {os.getpid()}", flush=True)
     run_training(worker_config["config"], session)

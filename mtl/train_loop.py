@@ -179,6 +179,37 @@ def gather_full_model(engine, config: Config) -> MultiTaskModel | None:
     return model
 
 
+class Throughput:
+    """Steady-state samples/s and the share of step time spent waiting for the next batch (after a warm-up)."""
+
+    def __init__(self, warmup_steps: int = 2):
+        self.warmup_steps = warmup_steps
+        self.seen = 0
+        self.step_seconds = self.wait_seconds = 0.0
+        self.rows = 0
+        self._wait = 0.0
+
+    def waited(self, seconds: float) -> None:
+        self._wait += seconds
+
+    def step(self, seconds: float, rows: int) -> None:
+        self.seen += 1
+        if self.seen > self.warmup_steps:
+            self.step_seconds += seconds
+            self.wait_seconds += self._wait
+            self.rows += rows
+        self._wait = 0.0
+
+    def as_dict(self) -> dict:
+        if not self.step_seconds:
+            return {}
+        return {
+            "samples_per_s": self.rows / self.step_seconds,
+            "data_wait_fraction": self.wait_seconds / self.step_seconds,
+            "steps_measured": self.seen - self.warmup_steps,
+        }
+
+
 def log_progress(step: int, total: int, per_task: dict[str, float], optimizer, rows: int, started: float) -> str:
     elapsed = time.perf_counter() - started
     rate = rows / max(elapsed, 1e-9)
@@ -221,10 +252,15 @@ def run_training(config_data: dict, session: Session) -> dict:
     started, start_step = time.perf_counter(), step
     running: dict[str, list[float]] = {name: [] for name in config.task_names}
     metrics: dict = {}
+    throughput = Throughput()
     engine.train()
     while step < total_steps:
+        step_started = time.perf_counter()
         for _ in range(config.train.grad_accum_steps):
-            inputs = to_device(next(batches), tokenizer, config, engine.device)
+            wait_started = time.perf_counter()
+            batch = next(batches)
+            throughput.waited(time.perf_counter() - wait_started)
+            inputs = to_device(batch, tokenizer, config, engine.device)
             logits = engine(inputs["input_ids"], inputs["attention_mask"])
             loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights)
             engine.backward(loss)
@@ -233,6 +269,7 @@ def run_training(config_data: dict, session: Session) -> dict:
                 if (inputs["task_ids"] == task_id).any():
                     running[name].append(float(per_task[name]))
         step += 1
+        throughput.step(time.perf_counter() - step_started, rows_per_step)
         if session.rank == 0 and (step % config.train.log_every == 0 or step == total_steps):
             means = {name: float(np.mean(values)) if values else float("nan") for name, values in running.items()}
             rows = (step - start_step) * rows_per_step
@@ -269,7 +306,9 @@ def run_training(config_data: dict, session: Session) -> dict:
     if writer:
         writer.close()
 
-    result: dict = {"metrics": metrics, "steps": step, "best_score": best}
+    result: dict = {"metrics": metrics, "steps": step, "best_score": best, "throughput": throughput.as_dict()}
+    if session.rank == 0 and result["throughput"]:
+        append_history(session.run_dir, {"kind": "throughput", "step": step, **result["throughput"]})
     export_dir = export_snapshot(engine, session, config, tokenizer, "export", metrics, step)
     if export_dir is not None:
         result["export_dir"] = export_dir

@@ -12,7 +12,7 @@ from ray.train.torch import TorchTrainer
 from mtl.config import Config, ConfigError
 from mtl.datasets import preflight, read_rows, training_dataset
 from mtl.ray_session import train_worker
-from mtl.report import write_report
+from mtl.report import read_history, write_report
 
 
 def storage_root(config: Config) -> str:
@@ -63,6 +63,7 @@ def train_on_ray(config: Config) -> dict:
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,
             resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+            placement_strategy=config.scaling.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=config.run.name,
@@ -77,12 +78,14 @@ def train_on_ray(config: Config) -> dict:
     export_dir = f"{run_dir}/export"
     manifest = json.loads(Path(export_dir, "mtl.json").read_text())
     report = write_report(Path(run_dir), config, Path(export_dir))
+    measured = [record for record in read_history(Path(run_dir)) if record["kind"] == "throughput"]
     best_dir = Path(run_dir, "best")
     return {
         "run_dir": run_dir,
         "export_dir": export_dir,
         "best_dir": str(best_dir) if best_dir.is_dir() else None,
         "report": report,
+        "throughput": {k: v for k, v in measured[-1].items() if k not in ("kind", "step")} if measured else {},
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "steps": manifest["provenance"]["steps"],
         "rows": train_report.as_dict(),

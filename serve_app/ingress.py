@@ -1,6 +1,5 @@
 """`Ingress` deployment: the FastAPI app. One encoder pass per text, then the requested heads concurrently."""
 
-
 import asyncio
 import hmac
 import os

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import save_file
 
 from mtl.inference import ExportedModel
-from tests.serve_harness import SHIPPED_CONFIG, ServeHarness
+from serve_app.local import SHIPPED_CONFIG, LocalServe
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 TEXTS = ["a gripping , beautiful film", "who wrote hamlet ?", "dull and lifeless", "how far is the moon ?"]
@@ -19,7 +19,7 @@ TEXTS = ["a gripping , beautiful film", "who wrote hamlet ?", "dull and lifeless
 
 @pytest.fixture(scope="module")
 def served(tiny_export):
-    harness = ServeHarness(tiny_export)
+    harness = LocalServe(tiny_export, num_cpus=2, encoder_cpus=0.5)
     yield harness
     harness.close()
 

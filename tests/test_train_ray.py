@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -40,3 +42,37 @@ def test_two_workers_on_uneven_shards_finish_and_export(tiny_backbone, tmp_path)
     assert manifest["provenance"]["steps"] == 12
     assert sorted(manifest["provenance"]["train_files"]) == sorted([str(big), str(small)])
     assert "step 12/12" in completed.stdout + completed.stderr
+
+
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tiny_backbone, tmp_path):
+    raw = config_dict(tiny_backbone, tmp_path)
+    raw["train"].update(max_steps=80, eval_every=4, checkpoint_every=4, log_every=4)
+    raw["scaling"] = {"num_workers": 2, "cpus_per_worker": 0.5}
+    raw["run"]["max_failures"] = 1
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines, victim, killed = [], None, False
+    for line in process.stdout:
+        lines.append(line)
+        found = re.search(r"worker rank 1/2 on node \w+ pid (\d+)", line)
+        if found:
+            victim = int(found.group(1))
+        if not killed and victim and re.search(r"step (1[2-9]|[2-9]\d)/80", line):
+            os.kill(victim, signal.SIGKILL)  # a worker dies mid-run, after some checkpoints
+            killed = True
+    process.wait(timeout=420)
+    output = "".join(lines)
+    assert killed, output[-3000:]
+    assert process.returncode == 0, output[-5000:]
+    resumed = [int(step) for step in re.findall(r"resumed from checkpoint at step (\d+)", output)]
+    assert resumed and resumed[0] >= 4, output[-3000:]
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["steps"] == 80

@@ -1,4 +1,8 @@
-"""Start Ray + Serve in this process and deploy the shipped `serve_config.yaml` the way `serve deploy` does."""
+"""Run the shipped Serve config in this process's Ray (used by `make demo`, the benchmarks, `make fuzz`, tests).
+
+It deploys through the same declarative path as `serve run` / `serve deploy`, so in-place updates of a
+deployment's `user_config` behave exactly as they do on a cluster.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from pathlib import Path
 import requests
 import yaml
 
-SHIPPED_CONFIG = Path("serve_app/serve_config.yaml")
+SHIPPED_CONFIG = Path(__file__).resolve().parent / "serve_config.yaml"
+APP_NAME = "mtl"
 
 
 def free_port() -> int:
@@ -20,39 +25,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def shipped_config(model_dir: Path, port: int, **args) -> dict:
-    """The shipped config with only the model, the port and (for a shared 2-core box) CPU sizes changed."""
+def shipped_config(model_dir: str | Path, port: int, **args) -> dict:
+    """The shipped config with the model, the port and any builder args changed."""
     config = copy.deepcopy(yaml.safe_load(SHIPPED_CONFIG.read_text()))
     config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"].update({"model_dir": str(model_dir), "encoder_cpus": 0.5, **args})
+    config["applications"][0]["args"].update({"model_dir": str(model_dir), **args})
     return config
 
 
-class ServeHarness:
-    def __init__(self, model_dir: Path):
+class LocalServe:
+    def __init__(self, model_dir: str | Path, port: int | None = None, num_cpus: int | None = None, **args):
         import ray
         from ray import serve
 
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-        self.port = free_port()
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; see README on cluster auth
+        if not ray.is_initialized():
+            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        self.model_dir = model_dir
-        self.config = shipped_config(model_dir, self.port)
+        self.config = shipped_config(model_dir, self.port, **args)
         self.deploy(self.config)
 
-    def deploy(self, config: dict) -> None:
+    def deploy(self, config: dict, timeout: float = 180) -> None:
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeDeploySchema
 
         self.config = config
         _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -66,11 +66,12 @@ class ServeHarness:
     def handle(self, deployment: str):
         from ray import serve
 
-        return serve.get_deployment_handle(deployment, app_name="mtl")
+        return serve.get_deployment_handle(deployment, app_name=APP_NAME)
 
-    def close(self) -> None:
+    def close(self, shutdown_ray: bool = True) -> None:
         import ray
         from ray import serve
 
         serve.shutdown()
-        ray.shutdown()
+        if shutdown_ray:
+            ray.shutdown()

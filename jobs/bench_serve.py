@@ -1,0 +1,164 @@
+"""Benchmark: the Serve app vs a hand-written single-process FastAPI server, same export, same load.
+
+    python -m jobs.bench_serve [--model EXPORT] [--requests 2000]
+
+A closed-loop async load generator (aiohttp) posts one text per request to /v1/predict at concurrency
+1, 8 and 32: throughput, p50/p99 latency and error counts. The baseline is what a user would write first:
+one uvicorn + FastAPI process, transformers forward per request, no batching. Also measured in-process:
+the model's own forward time for one text (tokenise -> encode -> pool -> heads), to show the serving overhead.
+Default model: runs/production/export when present, else the untouched default backbone (random heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from jobs.bench_embed import default_export, load_texts
+
+LEVELS = (1, 8, 32)
+
+
+async def closed_loop(url: str, texts: list[str], concurrency: int, total: int) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    issued = 0
+
+    async def worker(session):
+        nonlocal issued
+        while issued < total:
+            text = texts[issued % len(texts)]
+            issued += 1
+            started = time.perf_counter()
+            try:
+                async with session.post(url, json={"texts": [text]}) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors[str(response.status)] = errors.get(str(response.status), 0) + 1
+                        continue
+            except aiohttp.ClientError as error:
+                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "ok": len(latencies),
+        "errors": errors,
+        "throughput_rps": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+    }
+
+
+def load(url: str, texts: list[str], total: int) -> list[dict]:
+    asyncio.run(closed_loop(url, texts, 4, 40))  # warm-up
+    results = []
+    for concurrency in LEVELS:
+        count = total if concurrency == LEVELS[-1] else max(100, total // 5)
+        result = asyncio.run(closed_loop(url, texts, concurrency, count))
+        print(
+            f"  c={concurrency:<3} {result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:7.1f} ms  "
+            f"p99 {result['p99_ms']:7.1f} ms  errors {result['errors'] or 0}  ({count} requests)",
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+def forward_ms(model_dir: Path, texts: list[str]) -> float:
+    """p50 of the model's own single-text predict (in this process, no HTTP, no Ray)."""
+    from mtl.inference import ExportedModel
+
+    model = ExportedModel.load(model_dir)
+    for text in texts[:10]:
+        model.predict([text])
+    timings = []
+    for text in texts[:200]:
+        started = time.perf_counter()
+        model.predict([text])
+        timings.append(time.perf_counter() - started)
+    return float(np.median(timings) * 1000)
+
+
+def wait_healthy(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="export directory")
+    parser.add_argument("--data", help="Parquet glob with a `text` column (default: shared SST-2 or the sample)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests at the highest concurrency")
+    args = parser.parse_args(argv)
+    production = Path("runs/production/export")
+    model = Path(args.model) if args.model else production if (production / "mtl.json").is_file() else default_export()
+    texts, source = load_texts(args.data, 2000)
+    print(f"model {model}; texts from {source}; cores {os.cpu_count()}")
+    result: dict = {"model": str(model), "forward_p50_ms": forward_ms(model, texts)}
+    print(f"model forward, one text, in-process: p50 {result['forward_p50_ms']:.1f} ms")
+
+    from serve_app.local import LocalServe
+
+    served = LocalServe(model)
+    print("Ray Serve app (shipped serve_config.yaml):")
+    result["serve"] = load(f"{served.url}/v1/predict", texts, args.requests)
+    served.close()
+
+    from serve_app.local import free_port
+
+    port = free_port()
+    baseline = subprocess.Popen(
+        [sys.executable, "-m", "jobs.baseline_server", "--model", str(model), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz")
+        print("hand-written baseline (uvicorn + FastAPI, one process, no batching):")
+        result["baseline"] = load(f"http://127.0.0.1:{port}/v1/predict", texts, args.requests)
+    finally:
+        baseline.terminate()
+        baseline.wait(timeout=30)
+
+    print(f"\n{'concurrency':>11} {'serve req/s':>12} {'baseline req/s':>15} {'ratio':>6} {'serve p50':>10}")
+    for ours, theirs in zip(result["serve"], result["baseline"], strict=True):
+        ratio = ours["throughput_rps"] / theirs["throughput_rps"]
+        print(
+            f"{ours['concurrency']:>11} {ours['throughput_rps']:>12.1f} {theirs['throughput_rps']:>15.1f} "
+            f"{ratio:>5.2f}x {ours['p50_ms']:>8.1f}ms"
+        )
+    overhead = result["serve"][0]["p50_ms"] - result["forward_p50_ms"]
+    print(f"serving overhead at c=1: p50 {result['serve'][0]['p50_ms']:.1f} ms - forward {result['forward_p50_ms']:.1f}"
+          f" ms = {overhead:.1f} ms")  # fmt: skip
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Benchmark: training throughput of (a) a plain PyTorch loop, (b) Ray Data -> Ray Train -> DeepSpeed with 1 worker,
+(c) the same with 2 workers; same model, sequence length, micro batch and precision; fp32 and bf16.
+
+    python -m jobs.bench_train [--steps 30] [--strategy full] [--precisions fp32,bf16]
+
+(a) is one process: our model, strategy and parameter groups, `torch.optim.AdamW`, `torch.autocast` for bf16, batches
+    already in memory (the floor nothing else can beat);
+(b)/(c) are `jobs.train`'s path on a local Ray (ZeRO-0 for 1 worker, ZeRO-2 for 2; CPU split so Ray Data keeps one).
+Throughput is steady state (first 2 steps skipped); "data wait" is the share of step time a worker spent waiting
+for its next batch. Data: ../shared/data/mixed when present, else the bundled sample. Prints a table and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from mtl.config import Config, validate_config
+
+SHARED_MIXED = "../shared/data/mixed/train-00000.parquet"
+OUT = Path("runs/bench_train")
+
+
+def bench_data() -> str:
+    if glob.glob(SHARED_MIXED):
+        return str(Path(SHARED_MIXED).resolve())
+    from jobs.prepare_data import main as prepare
+
+    prepare(["--task", "sentiment=data/sample/sentiment.tsv", "--labels", "sentiment=negative,positive",
+             "--task", "topic=data/sample/topic.tsv", "--labels", "topic=ABBR,ENTY,DESC,HUM,LOC,NUM",
+             "--output", str(OUT / "data"), "--validation-fraction", "0.1"])  # fmt: skip
+    return str((OUT / "data" / "train-00000.parquet").resolve())
+
+
+def make_config(data: str, steps: int, strategy: str, precision: str, workers: int) -> Config:
+    return validate_config(
+        {
+            "model": {"max_seq_length": 64},
+            "tasks": {
+                "sentiment": {"labels": ["negative", "positive"]},
+                "topic": {"labels": ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]},
+            },
+            "data": {"train": [data], "sampling": "proportional"},
+            "finetune": {"strategy": strategy},
+            "optim": {"backbone_lr": 5e-5, "head_lr": 1e-3, "warmup_ratio": 0.0},
+            "train": {
+                "max_steps": steps,
+                "micro_batch_size": 32,
+                "precision": precision,
+                "eval_every": 10_000,
+                "checkpoint_every": 10_000,
+                "log_every": 10,
+            },  # fmt: skip
+            "deepspeed": {"zero_stage": 0 if workers == 1 else 2},
+            "scaling": {"num_workers": workers, "cpus_per_worker": 1.0 if workers == 1 else 0.5},
+            "run": {"name": f"{strategy}-{precision}-{workers}w", "storage_path": str(OUT.resolve())},
+        },
+        source="bench_train",
+    )
+
+
+def plain_loop(config: Config) -> dict:
+    """(a): the same model and optimizer groups in a bare PyTorch loop; batches pre-read into memory."""
+    from mtl.backbone import load_tokenizer
+    from mtl.finetune import apply_strategy
+    from mtl.losses import multitask_loss
+    from mtl.model import build_model
+    from mtl.optim import build_optimizer
+    from mtl.tokenization import tokenize
+
+    table = pq.read_table(config.data.train[0]).to_pydict()
+    task_index = {name: i for i, name in enumerate(config.task_names)}
+    model = apply_strategy(build_model(config), config.finetune).train()
+    tokenizer = load_tokenizer(config.model)
+    optimizer = build_optimizer(model, config.optim)
+    weights = {name: 1.0 for name in config.task_names}
+    size, steps = config.train.micro_batch_size, config.train.max_steps
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
+    timings = []
+    for step in range(steps):
+        rows = slice(step * size, (step + 1) * size)
+        started = time.perf_counter()
+        tokens = tokenize(tokenizer, table["text"][rows], config.model.max_seq_length)
+        task_ids = torch.tensor([task_index[t] for t in table["task"][rows]])
+        labels = torch.tensor(table["label"][rows])
+        with autocast:
+            logits = model(tokens["input_ids"], tokens["attention_mask"])
+        loss, _ = multitask_loss({k: v.float() for k, v in logits.items()}, task_ids, labels, weights)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timings.append(time.perf_counter() - started)
+    steady = timings[2:]
+    return {"samples_per_s": size * len(steady) / sum(steady), "data_wait_fraction": 0.0}
+
+
+def ray_pipeline(config: Config) -> dict:
+    from mtl.trainer import train_on_ray
+
+    shutil.rmtree(OUT / config.run.name, ignore_errors=True)  # a fresh run, not a resume
+    return train_on_ray(config)["throughput"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--strategy", default="full", choices=("head_only", "lora", "partial", "full"))
+    parser.add_argument("--precisions", default="fp32,bf16")
+    args = parser.parse_args(argv)
+    data = bench_data()
+    print(f"data {data}; strategy {args.strategy}; {args.steps} steps x 32 rows, seq len <= 64; cores {os.cpu_count()}")
+    import ray
+
+    ray.init(runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}})
+    results: dict = {}
+    for precision in args.precisions.split(","):
+        row = {}
+        row["a_plain_pytorch"] = plain_loop(make_config(data, args.steps, args.strategy, precision, 1))
+        row["b_ray_1_worker"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 1))
+        row["c_ray_2_workers"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 2))
+        results[precision] = row
+        a, b, c = (row[k]["samples_per_s"] for k in ("a_plain_pytorch", "b_ray_1_worker", "c_ray_2_workers"))
+        row["ratios"] = {"b_over_a": b / a, "c_over_b": c / b}
+    ray.shutdown()
+    print(f"\n{'precision':<9} {'path':<18} {'samples/s':>10} {'data wait':>10}")
+    for precision, row in results.items():
+        for key in ("a_plain_pytorch", "b_ray_1_worker", "c_ray_2_workers"):
+            wait = row[key]["data_wait_fraction"]
+            print(f"{precision:<9} {key:<18} {row[key]['samples_per_s']:>10.1f} {wait:>9.1%}")
+        print(f"{precision:<9} (b)/(a) = {row['ratios']['b_over_a']:.2f}   (c)/(b) = {row['ratios']['c_over_b']:.2f}")
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
