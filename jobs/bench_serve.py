@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", help="export directory")
     parser.add_argument("--data", help="Parquet glob with a `text` column (default: shared SST-2 or the sample)")
     parser.add_argument("--requests", type=int, default=2000, help="requests at the highest concurrency")
+    parser.add_argument("--bf16", action="store_true", help="also load-test the Serve app with precision: bf16")
     args = parser.parse_args(argv)
     production = Path("runs/production/export")
     model = Path(args.model) if args.model else production if (production / "mtl.json").is_file() else default_export()
@@ -126,8 +127,14 @@ def main(argv: list[str] | None = None) -> dict:
     from serve_app.local import LocalServe
 
     served = LocalServe(model)
-    print("Ray Serve app (shipped serve_config.yaml):")
+    print("Ray Serve app (shipped serve_config.yaml, fp32):")
     result["serve"] = load(f"{served.url}/v1/predict", texts, args.requests)
+    if args.bf16:
+        config = served.config
+        config["applications"][0]["args"]["precision"] = "bf16"
+        served.deploy(config)
+        print("Ray Serve app, precision: bf16:")
+        result["serve_bf16"] = load(f"{served.url}/v1/predict", texts, args.requests)
     served.close()
 
     from serve_app.local import free_port
@@ -146,13 +153,15 @@ def main(argv: list[str] | None = None) -> dict:
         baseline.terminate()
         baseline.wait(timeout=30)
 
-    print(f"\n{'concurrency':>11} {'serve req/s':>12} {'baseline req/s':>15} {'ratio':>6} {'serve p50':>10}")
-    for ours, theirs in zip(result["serve"], result["baseline"], strict=True):
-        ratio = ours["throughput_rps"] / theirs["throughput_rps"]
-        print(
-            f"{ours['concurrency']:>11} {ours['throughput_rps']:>12.1f} {theirs['throughput_rps']:>15.1f} "
-            f"{ratio:>5.2f}x {ours['p50_ms']:>8.1f}ms"
-        )
+    for key in [k for k in ("serve", "serve_bf16") if k in result]:
+        print(f"\n{key:>11} {'serve req/s':>12} {'baseline req/s':>15} {'ratio':>6} {'serve p50':>10} {'base p50':>9}")
+        for ours, theirs in zip(result[key], result["baseline"], strict=True):
+            ratio = ours["throughput_rps"] / theirs["throughput_rps"]
+            level = f"c={ours['concurrency']}"
+            print(
+                f"{level:>11} {ours['throughput_rps']:>12.1f} {theirs['throughput_rps']:>15.1f} "
+                f"{ratio:>5.2f}x {ours['p50_ms']:>8.1f}ms {theirs['p50_ms']:>7.1f}ms"
+            )
     overhead = result["serve"][0]["p50_ms"] - result["forward_p50_ms"]
     print(f"serving overhead at c=1: p50 {result['serve'][0]['p50_ms']:.1f} ms - forward {result['forward_p50_ms']:.1f}"
           f" ms = {overhead:.1f} ms")  # fmt: skip

@@ -69,17 +69,23 @@ def test_two_node_cluster_runs_training_across_nodes_then_embedding(tiny_backbon
         output = trained.stdout + trained.stderr
         nodes = set(re.findall(r"worker rank \d/2 on node ([0-9a-f]+)", output))
         assert len(nodes) == 2, output[-4000:]
-        result = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith('{"run_dir"')))
+        result = json_line(output, '"run_dir"')
         assert result["steps"] == 6
 
         texts = write_parquet(tmp_path / "texts" / "part-0.parquet", {"text": synthetic_rows(40)["text"]})
         embed = ["jobs.embed", "--model", str(tiny_export), "--input", str(texts), "--output", str(tmp_path / "emb")]
         embedded = run([*submit, *embed], client_env, 300)
-        summary = json.loads(next(line for line in reversed(embedded.stdout.splitlines()) if '"rows_out"' in line))
+        summary = json_line(embedded.stdout, '"rows_out"')
         assert summary["rows_out"] == 40
     finally:
         run(["cluster/local.sh", "down"], env, 120)
     assert processes_mentioning(state) == [], "Ray processes left behind"
+
+
+def json_line(output: str, key: str) -> dict:
+    """The job's JSON summary line (the log stream may put terminal escapes before it)."""
+    line = next(line for line in reversed(output.splitlines()) if key in line)
+    return json.loads(line[line.index("{") :])
 
 
 def processes_mentioning(text: str) -> list[str]:
