@@ -28,7 +28,10 @@ def build_app(args: AppArgs) -> Application:
     ).bind(str(model_dir), args.precision, args.encoder_threads, "cuda" if args.encoder_gpus > 0 else "cpu")
     heads = {
         task: TaskHead.options(
-            name=f"head_{task}", ray_actor_options={"num_cpus": args.head_cpus}, user_config={"head_file": None}
+            name=f"head_{task}",
+            ray_actor_options={"num_cpus": args.head_cpus},
+            user_config={"head_file": None},
+            max_ongoing_requests=args.max_ongoing_requests * 4,  # cheap calls: never make the router wait
         ).bind(str(model_dir), task)
         for task in manifest["tasks"]
     }

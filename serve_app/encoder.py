@@ -19,24 +19,27 @@ class Encoder:
         if threads:
             torch.set_num_threads(threads)
         self.model = ExportedModel.load(model_dir, device=device, precision=precision)
+        self.max_batch_size = 32
         self.started = time.time()
 
     def reconfigure(self, user_config: dict) -> None:
-        """Batch size and wait are runtime knobs: `user_config: {max_batch_size, batch_wait_timeout_s}`."""
-        if "max_batch_size" in user_config:
-            self.encode_one.set_max_batch_size(int(user_config["max_batch_size"]))
+        """Runtime knobs (`user_config`): `max_batch_size` texts per forward pass, `batch_wait_timeout_s`."""
+        self.max_batch_size = int(user_config.get("max_batch_size", 32))
         if "batch_wait_timeout_s" in user_config:
-            self.encode_one.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+            self.encode_calls.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def encode_one(self, texts: list[str]) -> list[np.ndarray]:
-        # The forward pass runs off the event loop so new requests keep queueing for the next batch.
-        pooled = await asyncio.to_thread(self.model.encode, texts, len(texts))
-        return list(pooled.numpy())
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def encode_calls(self, calls: list[list[str]]) -> list[np.ndarray]:
+        """Concurrent calls (from every ingress replica) merged; forward passes of `max_batch_size` texts."""
+        texts = [text for call in calls for text in call]
+        # Off the event loop, so new calls keep queueing for the next batch meanwhile.
+        pooled = (await asyncio.to_thread(self.model.encode, texts, self.max_batch_size)).numpy()
+        bounds = np.cumsum([0] + [len(call) for call in calls])
+        return [pooled[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
     async def encode(self, texts: list[str]) -> np.ndarray:
-        """Un-normalised pooled vectors `(len(texts), dim)`; each text joins whatever batch is forming."""
-        return np.stack(await asyncio.gather(*(self.encode_one(text) for text in texts)))
+        """Un-normalised pooled vectors `(len(texts), dim)`."""
+        return await self.encode_calls(texts)
 
     def identity(self) -> dict:
         context = serve.get_replica_context()
