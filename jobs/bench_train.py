@@ -5,7 +5,8 @@
 
 (a) is one process: our model, strategy and parameter groups, `torch.optim.AdamW`, `torch.autocast` for bf16, batches
     already in memory (the floor nothing else can beat);
-(b)/(c) are `jobs.train`'s path on a local Ray (ZeRO-0 for 1 worker, ZeRO-2 for 2; CPU split so Ray Data keeps one).
+(b)/(c) are `jobs.train`'s path on a local Ray (ZeRO-0 for 1 worker, ZeRO-2 for 2; CPU split so Ray Data keeps one),
+    with `scaling.torch_threads` = cores / workers so every path uses the same number of threads.
 Throughput is steady state (first 2 steps skipped); "data wait" is the share of step time a worker spent waiting
 for its next batch. Data: ../shared/data/mixed when present, else the bundled sample. Prints a table and ratios.
 """
@@ -61,7 +62,12 @@ def make_config(data: str, steps: int, strategy: str, precision: str, workers: i
                 "log_every": 10,
             },  # fmt: skip
             "deepspeed": {"zero_stage": 0 if workers == 1 else 2},
-            "scaling": {"num_workers": workers, "cpus_per_worker": 1.0 if workers == 1 else 0.5},
+            "scaling": {
+                "num_workers": workers,
+                "cpus_per_worker": 1.0 if workers == 1 else 0.5,
+                # Ray gives a 1-CPU worker one torch thread; (a) uses every core. Same threads in total here:
+                "torch_threads": max(1, (os.cpu_count() or 1) // workers),
+            },
             "run": {"name": f"{strategy}-{precision}-{workers}w", "storage_path": str(OUT.resolve())},
         },
         source="bench_train",

@@ -163,6 +163,8 @@ class ScalingConfig(Section):
     """CPUs each training worker reserves."""
     data_cpus: float = Field(1.0, ge=1.0)
     """CPUs kept free for Ray Data (its file-listing task needs a whole CPU) so training never starves it."""
+    torch_threads: int | None = Field(None, ge=1)
+    """torch threads per worker; default: Ray's (the worker's whole-CPU reservation, at least 1)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How Ray places the workers on nodes; STRICT_SPREAD puts every worker on a different node."""
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import ray.train
+import torch
 
 from mtl.train_loop import Batch, run_training
 
@@ -58,6 +59,13 @@ class RaySession:
 def train_worker(worker_config: dict) -> None:
     """`train_loop_per_worker` for `TorchTrainer`: the config arrives as plain data."""
     session = RaySession(worker_config["config"], worker_config["run_dir"], worker_config["has_validation"])
+    threads = worker_config["config"]["scaling"].get("torch_threads")
+    if threads:
+        torch.set_num_threads(threads)
     node = ray.get_runtime_context().get_node_id()
-    print(f"worker rank {session.rank}/{session.world_size} on node {node} pid {os.getpid()}", flush=True)
+    print(
+        f"worker rank {session.rank}/{session.world_size} on node {node} pid {os.getpid()} "
+        f"torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
     run_training(worker_config["config"], session)
