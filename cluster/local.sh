@@ -2,7 +2,7 @@
 # A local multi-node Ray cluster on 127.0.0.1: a head node and one worker node as separate Ray processes.
 #
 #   cluster/local.sh up        start both nodes (token auth on; the token lives in $STATE/auth_token)
-#   eval "$(cluster/local.sh env)"   RAY_ADDRESS + auth for `ray job submit` / `serve deploy` in this shell
+#   eval "$(cluster/local.sh env)"   RAY_ADDRESS, RAY_DASHBOARD_ADDRESS + auth for `ray job submit` / `serve deploy`
 #   cluster/local.sh status    nodes and resources
 #   cluster/local.sh down      stop only the processes this script started (found by their temp dir)
 #
@@ -80,7 +80,8 @@ case "${1:-}" in
   down) down ;;
   status) cd "$ROOT" && ray status --address="127.0.0.1:$GCS_PORT" ;;
   env)
-    echo "export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
+    echo "export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_DASHBOARD_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT" \
+      "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
     ;;
   *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
 esac

@@ -5,7 +5,7 @@
 
 Through a cluster: ray job submit --working-dir . -- python -m jobs.embed ... (paths as the cluster sees them).
 Output columns: the kept input columns, `embedding` (fixed-size list<float32>), and with --tasks per task
-`<task>_label`, `<task>_label_id`, `<task>_score`. Rows keep the input order. The last stdout line is one
+`<task>_label`, `<task>_label_id`, `<task>_score`. Keep an id column to join rows back. The last stdout line is one
 JSON object: rows in/out, rows skipped by reason, seconds, rows/s, output path.
 """
 

@@ -12,6 +12,7 @@ import pytest
 
 from mtl.batch_embed import EmbedBatch, EmbedOptions, preflight
 from mtl.data import DataError
+from mtl.inference import ExportedModel
 from tests.conftest import write_parquet
 
 TEXTS = ["the film was great", "who wrote hamlet ?", "a dull , lifeless mess", "how far is the moon ?"]
@@ -92,7 +93,11 @@ def test_job_writes_parquet_in_order_and_counts_skips(tiny_export, tmp_path):
     assert summary["rows_in"] == 80 and summary["rows_out"] == 79 and summary["skipped"] == {"empty_text": 1}
     assert summary["rows_per_s"] > 0 and summary["output"] == str(tmp_path / "out")
     frame = pd.concat(pd.read_parquet(path) for path in sorted((tmp_path / "out").glob("*.parquet")))
+    frame = frame.sort_values("id")  # ids carry the row identity across output files
     assert frame["id"].tolist() == [i for i in range(80) if i != 57]
+    expected = ExportedModel.load(tiny_export).embed([first["text"][3], texts[12]])
+    got = np.stack(frame.set_index("id").loc[[3, 62], "embedding"].to_list())
+    assert np.all((got * expected).sum(axis=1) >= 0.999)  # each embedding sits on its own row
     assert len(frame["embedding"].iloc[0]) == 32 and isinstance(float(frame["embedding"].iloc[0][0]), float)
     assert set(frame["sentiment_label"]) <= {"negative", "positive"}
     assert not (tmp_path / "out.partial").exists()
