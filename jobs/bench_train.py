@@ -5,6 +5,7 @@
 
 (a) is one process: our model, strategy and parameter groups, `torch.optim.AdamW`, `torch.autocast` for bf16, batches
     already in memory (the floor nothing else can beat);
+(a2) with --with-local-deepspeed: the same DeepSpeed recipe driven in this process without Ray;
 (b)/(c) are `jobs.train`'s path on a local Ray (ZeRO-0 for 1 worker, ZeRO-2 for 2; CPU split so Ray Data keeps one),
     with `scaling.torch_threads` = cores / workers so every path uses the same number of threads.
 Throughput is steady state (first 2 steps skipped); "data wait" is the share of step time a worker spent waiting
@@ -110,6 +111,16 @@ def plain_loop(config: Config) -> dict:
     return {"samples_per_s": size * len(steady) / sum(steady), "data_wait_fraction": 0.0}
 
 
+def deepspeed_local(config: Config) -> dict:
+    """(a2): the project's DeepSpeed recipe in this process (no Ray): separates DeepSpeed's cost from Ray's."""
+    from mtl.local_session import train_locally
+
+    config = config.model_copy(update={"run": config.run.model_copy(update={"name": config.run.name + "-local"})})
+    shutil.rmtree(OUT / config.run.name, ignore_errors=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return train_locally(config)["throughput"]
+
+
 def ray_pipeline(config: Config) -> dict:
     from mtl.trainer import train_on_ray
 
@@ -122,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--strategy", default="full", choices=("head_only", "lora", "partial", "full"))
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--with-local-deepspeed", action="store_true", help="also (a2): DeepSpeed in-process, no Ray")
     args = parser.parse_args(argv)
     data = bench_data()
     print(f"data {data}; strategy {args.strategy}; {args.steps} steps x 32 rows, seq len <= 64; cores {os.cpu_count()}")
@@ -132,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     for precision in args.precisions.split(","):
         row = {}
         row["a_plain_pytorch"] = plain_loop(make_config(data, args.steps, args.strategy, precision, 1))
+        if args.with_local_deepspeed:
+            row["a2_deepspeed_no_ray"] = deepspeed_local(make_config(data, args.steps, args.strategy, precision, 1))
         row["b_ray_1_worker"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 1))
         row["c_ray_2_workers"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 2))
         results[precision] = row
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     ray.shutdown()
     print(f"\n{'precision':<9} {'path':<18} {'samples/s':>10} {'data wait':>10}")
     for precision, row in results.items():
-        for key in ("a_plain_pytorch", "b_ray_1_worker", "c_ray_2_workers"):
+        for key in [k for k in row if k != "ratios"]:
             wait = row[key]["data_wait_fraction"]
             print(f"{precision:<9} {key:<18} {row[key]['samples_per_s']:>10.1f} {wait:>9.1%}")
         print(f"{precision:<9} (b)/(a) = {row['ratios']['b_over_a']:.2f}   (c)/(b) = {row['ratios']['c_over_b']:.2f}")
