@@ -8,6 +8,7 @@ leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -79,11 +80,14 @@ def preflight(options: EmbedOptions) -> tuple[list[str], dict]:
     return files, counts
 
 
-def resolve_tasks(model: ExportedModel, tasks: list[str]) -> list[str]:
-    """[] -> no scoring; ["all"] -> every task of the export; else names checked against the export."""
-    if not tasks:
-        return []
-    return model.check_tasks(None if tasks == ["all"] else tasks)
+def resolve_tasks(known: list[str], tasks: list[str]) -> list[str]:
+    """[] -> no scoring; ["all"] -> every task of the export; else names checked against the export's tasks."""
+    if tasks == ["all"]:
+        return list(known)
+    unknown = [name for name in tasks if name not in known]
+    if unknown:
+        raise ValueError(f"--tasks: unknown task(s) {unknown}; this model has {list(known)}")
+    return list(tasks)
 
 
 class EmbedBatch:
@@ -95,7 +99,7 @@ class EmbedBatch:
         device = "cuda" if options.gpus_per_actor > 0 else "cpu"
         self.model = ExportedModel.load(options.model, device=device, precision=options.precision)
         self.options = options
-        self.tasks = resolve_tasks(self.model, options.tasks)
+        self.tasks = resolve_tasks(list(self.model.labels), options.tasks)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         options = self.options
@@ -127,7 +131,10 @@ def run_embedding(options: EmbedOptions) -> dict:
 
     started = time.perf_counter()
     files, counts = preflight(options)
-    resolve_tasks(ExportedModel.load(options.model), options.tasks)  # bad model or task: fail before Ray work
+    manifest = Path(options.model) / "mtl.json"  # bad model or task: fail before Ray work, without loading weights
+    if not manifest.is_file():
+        raise FileNotFoundError(f"--model {options.model}: no mtl.json, not an export directory")
+    resolve_tasks(list(json.loads(manifest.read_text())["tasks"]), options.tasks)
     output = Path(options.output).resolve()
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -24,7 +24,7 @@ class Encoder:
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs (`user_config`): `max_batch_size` texts per forward pass, `batch_wait_timeout_s`."""
-        self.max_batch_size = int(user_config.get("max_batch_size", 32))
+        self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
         if "batch_wait_timeout_s" in user_config:
             self.encode_calls.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
