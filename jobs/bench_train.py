@@ -10,6 +10,10 @@
     with `scaling.torch_threads` = cores / workers so every path uses the same number of threads.
 Throughput is steady state (first 2 steps skipped); "data wait" is the share of step time a worker spent waiting
 for its next batch. Data: ../shared/data/mixed when present, else the bundled sample. Prints a table and ratios.
+
+Where the time goes: a sampler reads every process's CPU time from /proc during each run; for (a) and (b) the bench
+prints, over the steady window, the share of the machine's CPU each process (and each thread name of the training
+process) used, so a gap between (a) and (b) is attributed to processes and threads, not guessed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mtl.config import Config, validate_config
+from mtl.cpu_usage import CpuSampler, format_breakdown
 
 SHARED_MIXED = "../shared/data/mixed/train-00000.parquet"
 OUT = Path("runs/bench_train")
@@ -92,8 +97,10 @@ def plain_loop(config: Config) -> dict:
     weights = {name: 1.0 for name in config.task_names}
     size, steps = config.train.micro_batch_size, config.train.max_steps
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
-    timings = []
+    timings, window = [], []
     for step in range(steps):
+        if step == 2:
+            window.append(time.time())
         rows = slice(step * size, (step + 1) * size)
         started = time.perf_counter()
         tokens = tokenize(tokenizer, table["text"][rows], config.model.max_seq_length)
@@ -107,8 +114,9 @@ def plain_loop(config: Config) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - started)
+    window.append(time.time())
     steady = timings[2:]
-    return {"samples_per_s": size * len(steady) / sum(steady), "data_wait_fraction": 0.0}
+    return {"samples_per_s": size * len(steady) / sum(steady), "data_wait_fraction": 0.0, "window": window}
 
 
 def deepspeed_local(config: Config) -> dict:
@@ -125,7 +133,21 @@ def ray_pipeline(config: Config) -> dict:
     from mtl.trainer import train_on_ray
 
     shutil.rmtree(OUT / config.run.name, ignore_errors=True)  # a fresh run, not a resume
-    return train_on_ray(config)["throughput"]
+    throughput = train_on_ray(config)["throughput"]
+    history = [json.loads(line) for line in (OUT / config.run.name / "history.jsonl").read_text().splitlines()]
+    logged = [record["time"] for record in history if record["kind"] == "train" and record["step"] > 2]
+    return {**throughput, "window": [logged[0], logged[-1]]}  # from the first log line after warm-up to the last
+
+
+def run_precision(args: argparse.Namespace, data: str, precision: str) -> dict:
+    row = {"a_plain_pytorch": plain_loop(make_config(data, args.steps, args.strategy, precision, 1))}
+    if args.with_local_deepspeed:
+        row["a2_deepspeed_no_ray"] = deepspeed_local(make_config(data, args.steps, args.strategy, precision, 1))
+    row["b_ray_1_worker"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 1))
+    row["c_ray_2_workers"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 2))
+    a, b, c = (row[k]["samples_per_s"] for k in ("a_plain_pytorch", "b_ray_1_worker", "c_ray_2_workers"))
+    row["ratios"] = {"b_over_a": b / a, "c_over_b": c / b}
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -140,17 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     ray.init(runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}})
-    results: dict = {}
-    for precision in args.precisions.split(","):
-        row = {}
-        row["a_plain_pytorch"] = plain_loop(make_config(data, args.steps, args.strategy, precision, 1))
-        if args.with_local_deepspeed:
-            row["a2_deepspeed_no_ray"] = deepspeed_local(make_config(data, args.steps, args.strategy, precision, 1))
-        row["b_ray_1_worker"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 1))
-        row["c_ray_2_workers"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 2))
-        results[precision] = row
-        a, b, c = (row[k]["samples_per_s"] for k in ("a_plain_pytorch", "b_ray_1_worker", "c_ray_2_workers"))
-        row["ratios"] = {"b_over_a": b / a, "c_over_b": c / b}
+    me = os.getpid()
+    # Threads broken down: this process (for (a)) and the Ray Train worker (for (b)).
+    sampler = CpuSampler(detail=lambda pid, label: pid == me or label.startswith("ray::RayTrainWorker"))
+    with sampler:
+        results = {precision: run_precision(args, data, precision) for precision in args.precisions.split(",")}
     ray.shutdown()
     print(f"\n{'precision':<9} {'path':<18} {'samples/s':>10} {'data wait':>10}")
     for precision, row in results.items():
@@ -158,6 +174,13 @@ def main(argv: list[str] | None = None) -> dict:
             wait = row[key]["data_wait_fraction"]
             print(f"{precision:<9} {key:<18} {row[key]['samples_per_s']:>10.1f} {wait:>9.1%}")
         print(f"{precision:<9} (b)/(a) = {row['ratios']['b_over_a']:.2f}   (c)/(b) = {row['ratios']['c_over_b']:.2f}")
+    print("\nCPU use over each steady window (share of all cores):")
+    for precision, row in results.items():
+        for key in [k for k in row if k != "ratios"]:
+            window = row[key].pop("window", None)
+            if window and key in ("a_plain_pytorch", "b_ray_1_worker"):
+                row[key]["cpu"] = sampler.breakdown(*window)
+                print(format_breakdown(f"{precision} {key}", row[key]["cpu"]))
     print(json.dumps(results))
     return results
 

@@ -45,6 +45,8 @@ class TaskConfig(Section):
     """Label names; a label's id is its position in this list."""
     loss_weight: float = Field(1.0, gt=0)
     """Weight of this task's mean cross-entropy in the summed loss."""
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Cross-entropy label smoothing for this task's training loss (validation loss stays plain)."""
 
     @field_validator("labels")
     @classmethod

@@ -248,6 +248,7 @@ def run_training(config_data: dict, session: Session) -> dict:
     writer = _tensorboard(session)
     batches = session.train_batches()
     loss_weights = {name: task.loss_weight for name, task in config.tasks.items()}
+    smoothing = {name: task.label_smoothing for name, task in config.tasks.items()}
     rows_per_step = config.train.micro_batch_size * config.train.grad_accum_steps * session.world_size
     started, start_step = time.perf_counter(), step
     running: dict[str, list[float]] = {name: [] for name in config.task_names}
@@ -262,7 +263,7 @@ def run_training(config_data: dict, session: Session) -> dict:
             throughput.waited(time.perf_counter() - wait_started)
             inputs = to_device(batch, tokenizer, config, engine.device)
             logits = engine(inputs["input_ids"], inputs["attention_mask"])
-            loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights)
+            loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing)
             engine.backward(loss)
             engine.step()
             for task_id, name in enumerate(config.task_names):
@@ -274,7 +275,7 @@ def run_training(config_data: dict, session: Session) -> dict:
             means = {name: float(np.mean(values)) if values else float("nan") for name, values in running.items()}
             rows = (step - start_step) * rows_per_step
             print(log_progress(step, total_steps, means, optimizer, rows, started), flush=True)
-            append_history(session.run_dir, {"kind": "train", "step": step, "loss": means})
+            append_history(session.run_dir, {"kind": "train", "step": step, "time": time.time(), "loss": means})
             if writer:
                 for name, value in means.items():
                     writer.add_scalar(f"train/loss/{name}", value, step)

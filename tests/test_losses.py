@@ -35,3 +35,15 @@ def test_other_tasks_labels_out_of_range_do_not_break_a_small_head():
     logits = {"topic": torch.randn(2, 6), "sentiment": torch.randn(2, 2)}
     total, _ = multitask_loss(logits, torch.tensor([0, 1]), torch.tensor([5, 1]), {"topic": 1, "sentiment": 1})
     assert torch.isfinite(total)
+
+
+def test_label_smoothing_applies_only_to_the_named_task():
+    torch.manual_seed(0)
+    logits = {"topic": torch.randn(4, 6), "sentiment": torch.randn(4, 2)}
+    task_ids = torch.tensor([0, 1, 1, 0])
+    labels = torch.tensor([5, 1, 0, 2])
+    _, per_task = multitask_loss(logits, task_ids, labels, {"topic": 1, "sentiment": 1}, {"topic": 0.1})
+    topic = F.cross_entropy(logits["topic"][[0, 3]], labels[[0, 3]], label_smoothing=0.1)
+    sentiment = F.cross_entropy(logits["sentiment"][[1, 2]], labels[[1, 2]])
+    assert torch.allclose(per_task["topic"], topic)
+    assert torch.allclose(per_task["sentiment"], sentiment)

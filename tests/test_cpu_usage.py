@@ -1,0 +1,24 @@
+import os
+import time
+
+from mtl.cpu_usage import CpuSampler, format_breakdown, process_label
+
+
+def test_busy_process_gets_its_cpu_and_its_threads_are_broken_down():
+    import psutil
+
+    me = os.getpid()
+    label = process_label(psutil.Process(me))
+    sampler = CpuSampler(interval=0.1, detail=lambda pid, _: pid == me)
+    with sampler:
+        time.sleep(0.25)
+        start = time.time()
+        while time.time() - start < 1.0:  # one core busy in this process
+            sum(range(1000))
+        end = time.time()
+        time.sleep(0.25)
+    usage = sampler.breakdown(start, end)
+    assert 1.0 <= usage["window_s"] < 1.6
+    assert usage["processes"][label] >= 0.6 * usage["window_s"]
+    assert sum(usage["threads"].values()) >= 0.6 * usage["window_s"]
+    assert label in format_breakdown("busy", usage)
