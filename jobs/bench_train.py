@@ -27,11 +27,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import torch
 
 from mtl.config import Config, validate_config
-from mtl.cpu_usage import CpuSampler, format_breakdown
+from mtl.cpu_usage import CpuSampler, format_breakdown, process_label
 
 SHARED_MIXED = "../shared/data/mixed/train-00000.parquet"
 OUT = Path("runs/bench_train")
@@ -97,7 +98,7 @@ def plain_loop(config: Config) -> dict:
     weights = {name: 1.0 for name in config.task_names}
     size, steps = config.train.micro_batch_size, config.train.max_steps
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
-    timings, window = [], []
+    timings, tokens_seen, window = [], [], []
     for step in range(steps):
         if step == 2:
             window.append(time.time())
@@ -114,9 +115,15 @@ def plain_loop(config: Config) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - started)
+        tokens_seen.append(tokens["input_ids"].numel())
     window.append(time.time())
     steady = timings[2:]
-    return {"samples_per_s": size * len(steady) / sum(steady), "data_wait_fraction": 0.0, "window": window}
+    return {
+        "samples_per_s": size * len(steady) / sum(steady),
+        "padded_tokens_per_s": sum(tokens_seen[2:]) / sum(steady),
+        "data_wait_fraction": 0.0,
+        "window": window,
+    }
 
 
 def deepspeed_local(config: Config) -> dict:
@@ -140,14 +147,48 @@ def ray_pipeline(config: Config) -> dict:
 
 
 def run_precision(args: argparse.Namespace, data: str, precision: str) -> dict:
+    """(a), [(a2)], (b), (c), then (a) again: the two (a) runs bracket the others and show the machine's drift."""
     row = {"a_plain_pytorch": plain_loop(make_config(data, args.steps, args.strategy, precision, 1))}
     if args.with_local_deepspeed:
         row["a2_deepspeed_no_ray"] = deepspeed_local(make_config(data, args.steps, args.strategy, precision, 1))
     row["b_ray_1_worker"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 1))
     row["c_ray_2_workers"] = ray_pipeline(make_config(data, args.steps, args.strategy, precision, 2))
-    a, b, c = (row[k]["samples_per_s"] for k in ("a_plain_pytorch", "b_ray_1_worker", "c_ray_2_workers"))
-    row["ratios"] = {"b_over_a": b / a, "c_over_b": c / b}
+    row["a_plain_pytorch_again"] = plain_loop(make_config(data, args.steps, args.strategy, precision, 1))
+    ratios = {}
+    for unit in ("samples_per_s", "padded_tokens_per_s"):
+        a = (row["a_plain_pytorch"][unit] + row["a_plain_pytorch_again"][unit]) / 2
+        b, c = row["b_ray_1_worker"][unit], row["c_ray_2_workers"][unit]
+        ratios[unit] = {"b_over_a": b / a, "c_over_b": c / b}
+    row["ratios"] = ratios
     return row
+
+
+def training_cpu(usage: dict, label: str) -> float:
+    """CPU-seconds of the training process(es) in a breakdown."""
+    return sum(cpu for name, cpu in usage["processes"].items() if name.startswith(label))
+
+
+def explain_gap(row: dict, driver_label: str) -> str:
+    """(b)/(a) = (CPU share of the training process, b over a) x (tokens per training CPU-second, b over a)."""
+    parts = {}
+    for key, label in (("a_plain_pytorch", driver_label), ("b_ray_1_worker", "ray::RayTrainWorker")):
+        usage = row[key]["cpu"]
+        cpu = training_cpu(usage, label)
+        parts[key] = {
+            "share": cpu / (usage["window_s"] * usage["cores"]),
+            "tokens_per_cpu_s": row[key]["padded_tokens_per_s"] * usage["window_s"] / max(cpu, 1e-9),
+        }
+    a, b = parts["a_plain_pytorch"], parts["b_ray_1_worker"]
+    row["gap"] = {
+        "cpu_share_b_over_a": b["share"] / a["share"],
+        "efficiency_b_over_a": b["tokens_per_cpu_s"] / a["tokens_per_cpu_s"],
+    }
+    return (
+        f"  training process CPU share (a) {a['share']:.1%} (b) {b['share']:.1%} "
+        f"-> {row['gap']['cpu_share_b_over_a']:.2f}; "
+        f"padded tokens per training CPU-second (a) {a['tokens_per_cpu_s']:.0f} (b) {b['tokens_per_cpu_s']:.0f} "
+        f"-> {row['gap']['efficiency_b_over_a']:.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -168,19 +209,24 @@ def main(argv: list[str] | None = None) -> dict:
     with sampler:
         results = {precision: run_precision(args, data, precision) for precision in args.precisions.split(",")}
     ray.shutdown()
-    print(f"\n{'precision':<9} {'path':<18} {'samples/s':>10} {'data wait':>10}")
+    print(f"\n{'precision':<9} {'path':<22} {'samples/s':>10} {'tokens/s':>10} {'data wait':>10}")
     for precision, row in results.items():
         for key in [k for k in row if k != "ratios"]:
-            wait = row[key]["data_wait_fraction"]
-            print(f"{precision:<9} {key:<18} {row[key]['samples_per_s']:>10.1f} {wait:>9.1%}")
-        print(f"{precision:<9} (b)/(a) = {row['ratios']['b_over_a']:.2f}   (c)/(b) = {row['ratios']['c_over_b']:.2f}")
+            wait, speed = row[key]["data_wait_fraction"], row[key]
+            rates = f"{speed['samples_per_s']:>10.1f} {speed['padded_tokens_per_s']:>10.0f}"
+            print(f"{precision:<9} {key:<22} {rates} {wait:>9.1%}")
+        for unit, ratio in row["ratios"].items():
+            print(f"{precision:<9} {unit}: (b)/(a) = {ratio['b_over_a']:.2f}   (c)/(b) = {ratio['c_over_b']:.2f}")
     print("\nCPU use over each steady window (share of all cores):")
+    driver_label = process_label(psutil.Process(me))
     for precision, row in results.items():
         for key in [k for k in row if k != "ratios"]:
             window = row[key].pop("window", None)
             if window and key in ("a_plain_pytorch", "b_ray_1_worker"):
                 row[key]["cpu"] = sampler.breakdown(*window)
                 print(format_breakdown(f"{precision} {key}", row[key]["cpu"]))
+        print(f"{precision} (b)/(a) decomposed:")
+        print(explain_gap(row, driver_label))
     print(json.dumps(results))
     return results
 

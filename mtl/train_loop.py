@@ -180,24 +180,29 @@ def gather_full_model(engine, config: Config) -> MultiTaskModel | None:
 
 
 class Throughput:
-    """Steady-state samples/s and the share of step time spent waiting for the next batch (after a warm-up)."""
+    """Steady-state samples/s, padded tokens/s and the share of step time spent waiting for the next batch.
+
+    Tokens are this rank's padded `input_ids` times the world size (ranks see batches of similar shape), so runs whose
+    batches pad to different lengths can still be compared on work done. The first `warmup_steps` are skipped.
+    """
 
     def __init__(self, warmup_steps: int = 2):
         self.warmup_steps = warmup_steps
         self.seen = 0
         self.step_seconds = self.wait_seconds = 0.0
-        self.rows = 0
+        self.rows = self.tokens = 0
         self._wait = 0.0
 
     def waited(self, seconds: float) -> None:
         self._wait += seconds
 
-    def step(self, seconds: float, rows: int) -> None:
+    def step(self, seconds: float, rows: int, tokens: int) -> None:
         self.seen += 1
         if self.seen > self.warmup_steps:
             self.step_seconds += seconds
             self.wait_seconds += self._wait
             self.rows += rows
+            self.tokens += tokens
         self._wait = 0.0
 
     def as_dict(self) -> dict:
@@ -205,6 +210,7 @@ class Throughput:
             return {}
         return {
             "samples_per_s": self.rows / self.step_seconds,
+            "padded_tokens_per_s": self.tokens / self.step_seconds,
             "data_wait_fraction": self.wait_seconds / self.step_seconds,
             "steps_measured": self.seen - self.warmup_steps,
         }
@@ -256,12 +262,13 @@ def run_training(config_data: dict, session: Session) -> dict:
     throughput = Throughput()
     engine.train()
     while step < total_steps:
-        step_started = time.perf_counter()
+        step_started, step_tokens = time.perf_counter(), 0
         for _ in range(config.train.grad_accum_steps):
             wait_started = time.perf_counter()
             batch = next(batches)
             throughput.waited(time.perf_counter() - wait_started)
             inputs = to_device(batch, tokenizer, config, engine.device)
+            step_tokens += inputs["input_ids"].numel() * session.world_size
             logits = engine(inputs["input_ids"], inputs["attention_mask"])
             loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing)
             engine.backward(loss)
@@ -270,7 +277,7 @@ def run_training(config_data: dict, session: Session) -> dict:
                 if (inputs["task_ids"] == task_id).any():
                     running[name].append(float(per_task[name]))
         step += 1
-        throughput.step(time.perf_counter() - step_started, rows_per_step)
+        throughput.step(time.perf_counter() - step_started, rows_per_step, step_tokens)
         if session.rank == 0 and (step % config.train.log_every == 0 or step == total_steps):
             means = {name: float(np.mean(values)) if values else float("nan") for name, values in running.items()}
             rows = (step - start_step) * rows_per_step
