@@ -48,6 +48,9 @@ def test_loss_falls_and_export_is_complete(make_config, capsys, tmp_path):
         assert len(losses) == 5 and losses[-1] < 0.7 * losses[0], (task, losses)
     assert "samples/s=" in output and "eta=" in output and "lr/head:topic=" in output
     assert result["steps"] == 100
+    speed = result["throughput"]
+    assert speed["samples_per_s"] > 0 and speed["padded_tokens_per_s"] > speed["samples_per_s"]  # >= 1 token per row
+    assert 0 <= speed["data_wait_fraction"] < 1
     assert result["metrics"]["topic"]["count"] + result["metrics"]["sentiment"]["count"] == 64
     export = result["export_dir"]
     manifest = json.loads(open(f"{export}/mtl.json").read())
