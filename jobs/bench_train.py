@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import torch
 
 from mtl.config import Config, validate_config
-from mtl.cpu_usage import CpuSampler, format_breakdown, process_label
+from mtl.cpu_usage import CpuSampler, format_breakdown
 
 SHARED_MIXED = "../shared/data/mixed/train-00000.parquet"
 OUT = Path("runs/bench_train")
@@ -168,10 +167,10 @@ def training_cpu(usage: dict, label: str) -> float:
     return sum(cpu for name, cpu in usage["processes"].items() if name.startswith(label))
 
 
-def explain_gap(row: dict, driver_label: str) -> str:
+def explain_gap(row: dict) -> str:
     """(b)/(a) = (CPU share of the training process, b over a) x (tokens per training CPU-second, b over a)."""
     parts = {}
-    for key, label in (("a_plain_pytorch", driver_label), ("b_ray_1_worker", "ray::RayTrainWorker")):
+    for key, label in (("a_plain_pytorch", CpuSampler.SELF), ("b_ray_1_worker", "ray::RayTrainWorker")):
         usage = row[key]["cpu"]
         cpu = training_cpu(usage, label)
         parts[key] = {
@@ -218,7 +217,6 @@ def main(argv: list[str] | None = None) -> dict:
         for unit, ratio in row["ratios"].items():
             print(f"{precision:<9} {unit}: (b)/(a) = {ratio['b_over_a']:.2f}   (c)/(b) = {ratio['c_over_b']:.2f}")
     print("\nCPU use over each steady window (share of all cores):")
-    driver_label = process_label(psutil.Process(me))
     for precision, row in results.items():
         for key in [k for k in row if k != "ratios"]:
             window = row[key].pop("window", None)
@@ -226,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row[key]["cpu"] = sampler.breakdown(*window)
                 print(format_breakdown(f"{precision} {key}", row[key]["cpu"]))
         print(f"{precision} (b)/(a) decomposed:")
-        print(explain_gap(row, driver_label))
+        print(explain_gap(row))
     print(json.dumps(results))
     return results
 

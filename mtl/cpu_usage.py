@@ -44,8 +44,12 @@ class Sample:
 class CpuSampler:
     """Samples every `interval` s until stopped; `detail(pid, label)` picks processes to break down by thread."""
 
+    SELF = "this process"
+    """The label of the process running the sampler (so it never merges with other `python` processes)."""
+
     def __init__(self, interval: float = 0.5, detail: Callable[[int, str], bool] = lambda pid, label: False):
         self.interval, self.detail = interval, detail
+        self._me = os.getpid()
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
@@ -67,10 +71,12 @@ class CpuSampler:
     def _sample(self) -> Sample:
         machine = psutil.cpu_times()
         idle = machine.idle + getattr(machine, "iowait", 0.0)
-        sample = Sample(at=time.time(), busy=sum(machine) - idle, idle=idle)
+        guest = getattr(machine, "guest", 0.0) + getattr(machine, "guest_nice", 0.0)  # already inside user/nice
+        sample = Sample(at=time.time(), busy=sum(machine) - idle - guest, idle=idle)
         for process in psutil.process_iter():
             try:
-                label = process_label(process)  # re-read: a Ray worker's title changes with the task it runs
+                # Re-read every time: a Ray worker's title changes with the task it runs.
+                label = self.SELF if process.pid == self._me else process_label(process)
                 times = process.cpu_times()
                 sample.processes[process.pid] = (label, times.user + times.system)
                 if self.detail(process.pid, label):
