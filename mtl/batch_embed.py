@@ -8,7 +8,6 @@ leaves nothing that looks finished.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mtl.data import DataError, expand_paths
-from mtl.inference import ExportedModel
+from mtl.inference import ExportedModel, read_manifest
 from mtl.pooling import normalize
 
 
@@ -131,10 +130,8 @@ def run_embedding(options: EmbedOptions) -> dict:
 
     started = time.perf_counter()
     files, counts = preflight(options)
-    manifest = Path(options.model) / "mtl.json"  # bad model or task: fail before Ray work, without loading weights
-    if not manifest.is_file():
-        raise FileNotFoundError(f"--model {options.model}: no mtl.json, not an export directory")
-    resolve_tasks(list(json.loads(manifest.read_text())["tasks"]), options.tasks)
+    # Bad model or task: fail before any Ray work, without loading weights.
+    resolve_tasks(list(read_manifest(options.model)["tasks"]), options.tasks)
     output = Path(options.output).resolve()
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -36,7 +36,6 @@ def _thread_name(pid: int, tid: int) -> str:
 class Sample:
     at: float
     busy: float  # machine-wide non-idle CPU-seconds so far
-    idle: float
     processes: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (label, CPU-seconds)
     threads: dict[tuple[int, str], float] = field(default_factory=dict)  # (pid, thread name) -> CPU-seconds
 
@@ -72,7 +71,7 @@ class CpuSampler:
         machine = psutil.cpu_times()
         idle = machine.idle + getattr(machine, "iowait", 0.0)
         guest = getattr(machine, "guest", 0.0) + getattr(machine, "guest_nice", 0.0)  # already inside user/nice
-        sample = Sample(at=time.time(), busy=sum(machine) - idle - guest, idle=idle)
+        sample = Sample(at=time.time(), busy=sum(machine) - idle - guest)
         for process in psutil.process_iter():
             try:
                 # Re-read every time: a Ray worker's title changes with the task it runs.

@@ -33,6 +33,14 @@ def bf16_supported(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def read_manifest(export_dir: str | Path) -> dict:
+    """An export's `mtl.json` (pooling, max_seq_length, tasks, ...); a clear error if the directory is not an export."""
+    manifest_file = Path(export_dir) / "mtl.json"
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"{export_dir}: no mtl.json, not an export directory")
+    return json.loads(manifest_file.read_text())
+
+
 class ExportedModel:
     """An encoder, its pooling and task heads; `ExportedModel.load(export_dir)` reads an export."""
 
@@ -63,10 +71,7 @@ class ExportedModel:
     @classmethod
     def load(cls, export_dir: str | Path, device: str = "cpu", precision: str = "fp32") -> ExportedModel:
         export_dir = Path(export_dir)
-        manifest_file = export_dir / "mtl.json"
-        if not manifest_file.is_file():
-            raise FileNotFoundError(f"{export_dir}: no mtl.json, not an export directory")
-        manifest = json.loads(manifest_file.read_text())
+        manifest = read_manifest(export_dir)
         labels = {name: task["labels"] for name, task in manifest["tasks"].items()}
         encoder = AutoModel.from_pretrained(export_dir, local_files_only=True)
         heads = build_heads(encoder.config.hidden_size, {name: len(names) for name, names in labels.items()})

@@ -11,6 +11,7 @@ from ray.train.torch import TorchTrainer
 
 from mtl.config import Config, ConfigError
 from mtl.datasets import preflight, read_rows, training_dataset
+from mtl.inference import read_manifest
 from mtl.ray_session import train_worker
 from mtl.report import read_history, write_report
 
@@ -76,7 +77,7 @@ def train_on_ray(config: Config) -> dict:
     )
     result = trainer.fit()
     export_dir = f"{run_dir}/export"
-    manifest = json.loads(Path(export_dir, "mtl.json").read_text())
+    manifest = read_manifest(export_dir)
     report = write_report(Path(run_dir), config, Path(export_dir))
     measured = [record for record in read_history(Path(run_dir)) if record["kind"] == "throughput"]
     best_dir = Path(run_dir, "best")

@@ -5,10 +5,9 @@ Ingress (FastAPI) --handle--> Encoder (@serve.batch)  --pooled vectors-->  head_
 
 from __future__ import annotations
 
-import json
-
 from ray.serve import Application
 
+from mtl.inference import read_manifest
 from serve_app.args import AppArgs
 from serve_app.encoder import Encoder
 from serve_app.heads import TaskHead
@@ -19,7 +18,7 @@ def build_app(args: AppArgs) -> Application:
     if isinstance(args, dict):
         args = AppArgs.model_validate(args)
     model_dir = args.resolved_model_dir()
-    manifest = json.loads((model_dir / "mtl.json").read_text())
+    manifest = read_manifest(model_dir)
     encoder = Encoder.options(
         num_replicas=args.encoder_replicas,
         ray_actor_options={"num_cpus": args.encoder_cpus, "num_gpus": args.encoder_gpus},
