@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 # Schemathesis against the served /openapi.json; fails on any 5xx.
 fuzz: $(STAMP)
-	$(PY) -m jobs.fuzz_serve
+	$(PY) -m jobs.bench.fuzz_serve
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

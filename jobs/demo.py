@@ -18,7 +18,7 @@ from jobs.evaluate import main as evaluate
 from jobs.prepare_data import main as prepare_data
 from jobs.train import main as train
 from mtl.config import load_config
-from mtl.inference import ExportedModel
+from mtl.inference.exported_model import ExportedModel
 from serve_app.local import LocalServe
 
 SAMPLE = Path("data/sample")

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 
-from mtl.batch_embed import EmbedOptions, run_embedding
+from mtl.inference.batch import EmbedOptions, run_embedding
 
 
 def parse_options(argv: list[str] | None) -> EmbedOptions:

@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 
 from mtl.config import validate_config
-from mtl.data import read_validated
-from mtl.evaluation import classification_report, stsb_spearman
-from mtl.inference import ExportedModel
-from mtl.plots import plot_confusion
-from mtl.pooling import POOLING_MODES
+from mtl.data.contract import read_validated
+from mtl.evaluation.export_eval import classification_report, stsb_spearman
+from mtl.evaluation.plots import plot_confusion
+from mtl.inference.exported_model import ExportedModel
+from mtl.model.pooling import POOLING_MODES
 
 
 def main(argv: list[str] | None = None) -> dict:

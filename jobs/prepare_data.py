@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mtl.prepare import prepare
+from mtl.data.prepare import prepare
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    from mtl.trainer import train_on_ray
+    from mtl.train.driver import train_on_ray
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ray.init(runtime_env={"env_vars": _worker_env(config.scaling.use_gpu)})

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from mtl.inference import read_manifest
+from mtl.inference.exported_model import read_manifest
 from serve_app.args import AppArgs
 from serve_app.encoder import Encoder
-from serve_app.heads import TaskHead
 from serve_app.ingress import Ingress
+from serve_app.task_head import TaskHead
 
 
 def build_app(args: AppArgs) -> Application:

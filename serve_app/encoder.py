@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from mtl.inference import ExportedModel
+from mtl.inference.exported_model import ExportedModel
 
 
 @serve.deployment(name="Encoder")

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from mtl.backbone import bundled_default_dir
 from mtl.config import validate_config
+from mtl.model.backbone import bundled_default_dir
 
 SENTIMENT = ["negative", "positive"]
 TOPIC = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
@@ -103,9 +103,9 @@ def make_config(tiny_backbone, tmp_path):
 
 def make_tiny_export(directory: Path, backbone: Path, pooling: str = "mean") -> Path:
     """An export (as jobs.train writes it) of the untrained tiny model with random heads; no training needed."""
-    from mtl.backbone import load_tokenizer
-    from mtl.export import export_model
-    from mtl.model import build_model
+    from mtl.inference.export import export_model
+    from mtl.model.backbone import load_tokenizer
+    from mtl.model.multitask import build_model
 
     config = validate_config(
         {

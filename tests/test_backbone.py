@@ -3,11 +3,11 @@ import socket
 import pytest
 import torch
 
-from mtl.backbone import BackboneError, bundled_default_dir, load_encoder, load_tokenizer, resolve_backbone
 from mtl.config import ModelConfig
-from mtl.model import build_model
-from mtl.pooling import cosine_similarity
-from mtl.tokenization import tokenize
+from mtl.data.tokenization import tokenize
+from mtl.model.backbone import BackboneError, bundled_default_dir, load_encoder, load_tokenizer, resolve_backbone
+from mtl.model.multitask import build_model
+from mtl.model.pooling import cosine_similarity
 
 
 def test_default_backbone_is_the_bundled_package():
@@ -26,7 +26,7 @@ def test_default_backbone_loads_with_the_network_unplugged(monkeypatch):
     tokenizer = load_tokenizer(config)
     assert encoder.config.hidden_size == 384
     tokens = tokenize(tokenizer, ["a cat sits on the mat", "a kitten rests on a rug", "stock markets fell"], 32)
-    from mtl.pooling import mean_pool
+    from mtl.model.pooling import mean_pool
 
     with torch.no_grad():
         hidden = encoder(**tokens).last_hidden_state

@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mtl.batch_embed import EmbedBatch, EmbedOptions, preflight
-from mtl.data import DataError
-from mtl.inference import ExportedModel
+from mtl.data.contract import DataError
+from mtl.inference.batch import EmbedBatch, EmbedOptions, preflight
+from mtl.inference.exported_model import ExportedModel
 from tests.conftest import write_parquet
 
 TEXTS = ["the film was great", "who wrote hamlet ?", "a dull , lifeless mess", "how far is the moon ?"]

@@ -1,7 +1,7 @@
 import os
 import time
 
-from mtl.cpu_usage import CpuSampler, format_breakdown, process_label
+from jobs.bench.cpu_usage import CpuSampler, format_breakdown, process_label
 
 
 def test_busy_process_gets_its_cpu_and_its_threads_are_broken_down():

@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from mtl.data import DataError, read_validated
+from mtl.data.contract import DataError, read_validated
 from tests.conftest import write_parquet
 
 GOOD = {"text": ["good film", "who is it ?"], "task": ["sentiment", "topic"], "label": [1, 3]}

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import main
-from mtl.local_session import train_locally
+from mtl.train.local_session import train_locally
 from tests.conftest import write_parquet
 
 pytestmark = pytest.mark.timeout(300)

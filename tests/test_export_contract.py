@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
-from mtl.inference import ExportedModel
+from mtl.inference.exported_model import ExportedModel
 
 TEXTS = ["the film was great", "who wrote hamlet ?", "a dull mess"]
 

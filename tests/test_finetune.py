@@ -1,7 +1,7 @@
 import pytest
 
-from mtl.finetune import apply_strategy, parameter_report
-from mtl.model import build_model
+from mtl.model.multitask import build_model
+from mtl.model.strategies import apply_strategy, parameter_report
 
 
 def trainable(model):

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from mtl.losses import multitask_loss
+from mtl.train.losses import multitask_loss
 
 
 def test_weighted_sum_of_per_task_means():

@@ -1,8 +1,8 @@
 import pytest
 
-from mtl.finetune import apply_strategy
-from mtl.model import build_model
-from mtl.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from mtl.model.multitask import build_model
+from mtl.model.strategies import apply_strategy
+from mtl.train.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
 
 
 def groups_for(make_config, finetune, optim):

@@ -1,6 +1,6 @@
 import torch
 
-from mtl.pooling import cosine_similarity, normalize, pool, resolve_pooling
+from mtl.model.pooling import cosine_similarity, normalize, pool, resolve_pooling
 from tests.conftest import make_tiny_backbone
 
 HIDDEN = torch.tensor(
@@ -48,6 +48,6 @@ def test_auto_falls_back_to_cls_for_plain_bert(tiny_backbone):
 
 
 def test_auto_on_bundled_default_is_mean():
-    from mtl.backbone import bundled_default_dir
+    from mtl.model.backbone import bundled_default_dir
 
     assert resolve_pooling("auto", bundled_default_dir()) == "mean"

@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.prepare_data import main
-from mtl.data import DataError, read_validated
-from mtl.prepare import prepare
+from mtl.data.contract import DataError, read_validated
+from mtl.data.prepare import prepare
 
 
 def test_prepare_mixes_tsv_and_csv_into_the_contract(tmp_path, make_config):

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from mtl.inference import ExportedModel
+from mtl.inference.exported_model import ExportedModel
 from serve_app.local import SHIPPED_CONFIG, LocalServe
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]

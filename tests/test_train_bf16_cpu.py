@@ -2,7 +2,7 @@
 
 import pytest
 
-from mtl.local_session import train_locally
+from mtl.train.local_session import train_locally
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mtl.local_session import train_locally
+from mtl.train.local_session import train_locally
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtl.local_session import train_locally
+from mtl.train.local_session import train_locally
 from tests.conftest import write_parquet
 
 pytestmark = pytest.mark.timeout(300)
@@ -109,10 +109,10 @@ def test_frozen_head_does_not_move(make_config, capsys, tmp_path):
 def test_export_loads_in_sentence_transformers_with_the_same_embeddings(make_config, capsys):
     from sentence_transformers import SentenceTransformer
 
-    from mtl.backbone import load_tokenizer
     from mtl.config import validate_config
-    from mtl.model import build_model
-    from mtl.tokenization import tokenize
+    from mtl.data.tokenization import tokenize
+    from mtl.model.backbone import load_tokenizer
+    from mtl.model.multitask import build_model
 
     result, _ = run(make_config, capsys, finetune={"strategy": "lora"}, optim=FAST, train={"max_steps": 5})
     export = result["export_dir"]

@@ -1,6 +1,6 @@
 """`make fuzz`: serve an export with the shipped config and let schemathesis fuzz every operation of /openapi.json.
 
-    python -m jobs.fuzz_serve [--model EXPORT] [--max-examples 100]
+    python -m jobs.bench.fuzz_serve [--model EXPORT] [--max-examples 100]
 
 Fails (non-zero exit) on any 5xx response. Default model: runs/production/export when present, else the
 untouched default backbone exported once under runs/bench/.
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs.bench_embed import default_export
+from jobs.bench.embed import default_export
 from serve_app.local import LocalServe
 
 

@@ -1,7 +1,7 @@
 """The per-worker training recipe: config -> model -> DeepSpeed engine -> steps -> checkpoints -> export.
 
 It reads top to bottom and knows nothing of Ray: a `Session` hands it batches, checkpoints and a
-place to report. `mtl.ray_session` drives it under Ray Train; `mtl.local_session` in one plain process
+place to report. `mtl.train.ray_session` drives it under Ray Train; `mtl.train.local_session` in one plain process
 (its own gloo/NCCL group), which is how it runs on a host without Ray and the benchmark baseline.
 """
 
@@ -20,16 +20,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mtl.backbone import load_tokenizer, resolve_backbone
 from mtl.config import Config, validate_config
-from mtl.deepspeed_config import deepspeed_config
-from mtl.finetune import apply_strategy, format_report, parameter_report
-from mtl.losses import multitask_loss
-from mtl.metrics import accuracy_from_confusion, macro_f1_from_confusion
-from mtl.model import MultiTaskModel, build_model
-from mtl.optim import build_optimizer, build_scheduler
-from mtl.report import append_history
-from mtl.tokenization import tokenize
+from mtl.data.tokenization import tokenize
+from mtl.evaluation.metrics import accuracy_from_confusion, macro_f1_from_confusion
+from mtl.model.backbone import load_tokenizer, resolve_backbone
+from mtl.model.multitask import MultiTaskModel, build_model
+from mtl.model.strategies import apply_strategy, format_report, parameter_report
+from mtl.train.deepspeed_config import deepspeed_config
+from mtl.train.losses import multitask_loss
+from mtl.train.optim import build_optimizer, build_scheduler
+from mtl.train.report import append_history
 
 Batch = dict[str, np.ndarray]  # text (object), task_id (int32), label (int64); micro_batch_size rows
 
@@ -151,7 +151,7 @@ def export_snapshot(engine, session: Session, config: Config, tokenizer, name: s
     full_model = gather_full_model(engine, config)
     if full_model is None:
         return None
-    from mtl.export import export_model
+    from mtl.inference.export import export_model
 
     return str(export_model(full_model, config, tokenizer, session.run_dir / name, metrics=metrics, steps=step))
 

@@ -8,7 +8,7 @@ import peft
 from torch import nn
 
 from mtl.config import FinetuneConfig
-from mtl.model import MultiTaskModel
+from mtl.model.multitask import MultiTaskModel
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 # Parts of an encoder that our pooling never reads: training them would leave unused gradients.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from mtl.heads import build_heads, load_head_into
+from mtl.model.heads import build_heads, load_head_into
 
 
 @serve.deployment

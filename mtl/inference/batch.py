@@ -19,9 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from mtl.data import DataError, expand_paths
-from mtl.inference import ExportedModel, read_manifest
-from mtl.pooling import normalize
+from mtl.data.contract import DataError, expand_paths
+from mtl.inference.exported_model import ExportedModel, read_manifest
+from mtl.model.pooling import normalize
 
 
 @dataclass

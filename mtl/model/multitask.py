@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtl.backbone import load_encoder, resolve_backbone
 from mtl.config import Config
-from mtl.heads import build_heads, load_head_into
-from mtl.pooling import normalize, pool, resolve_pooling
+from mtl.model.backbone import load_encoder, resolve_backbone
+from mtl.model.heads import build_heads, load_head_into
+from mtl.model.pooling import normalize, pool, resolve_pooling
 
 
 class MultiTaskModel(nn.Module):

@@ -18,10 +18,10 @@ import pyarrow as pa
 import torch.distributed as dist
 
 from mtl.config import Config
-from mtl.data import expand_paths, read_validated
-from mtl.report import write_report
-from mtl.sampling import epoch_indices, rows_per_task, task_weights
-from mtl.train_loop import Batch, run_training
+from mtl.data.contract import expand_paths, read_validated
+from mtl.data.sampling import epoch_indices, rows_per_task, task_weights
+from mtl.train.recipe import Batch, run_training
+from mtl.train.report import write_report
 
 
 def _free_port() -> int:
@@ -54,7 +54,7 @@ def table_batches(table: pa.Table, indices: np.ndarray, batch_size: int, drop_la
 
 
 class LocalSession:
-    """The `Session` of `mtl.train_loop` for one process; checkpoints under `<run_dir>/checkpoints`."""
+    """The `Session` of `mtl.train.recipe` for one process; checkpoints under `<run_dir>/checkpoints`."""
 
     rank = 0
     world_size = 1

@@ -18,8 +18,8 @@ from pathlib import Path
 import peft
 
 from mtl.config import Config
-from mtl.heads import save_head
-from mtl.model import MultiTaskModel
+from mtl.model.heads import save_head
+from mtl.model.multitask import MultiTaskModel
 
 EXPORT_FORMAT_VERSION = 1
 

@@ -1,6 +1,6 @@
 """The benchmark baseline: the server a user would hand-write first (uvicorn + FastAPI, transformers, no batching).
 
-    python -m jobs.baseline_server --model EXPORT --port 8001
+    python -m jobs.bench.baseline_server --model EXPORT --port 8001
 
 It reads the same export but shares no code with the project's inference path on purpose.
 """

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from torch import nn
 
-from mtl.backbone import load_encoder, load_tokenizer, resolve_backbone
 from mtl.config import Config
-from mtl.evaluation import stsb_spearman
-from mtl.inference import ExportedModel
-from mtl.plots import plot_series
-from mtl.pooling import resolve_pooling
+from mtl.evaluation.export_eval import stsb_spearman
+from mtl.evaluation.plots import plot_series
+from mtl.inference.exported_model import ExportedModel
+from mtl.model.backbone import load_encoder, load_tokenizer, resolve_backbone
+from mtl.model.pooling import resolve_pooling
 
 HISTORY = "history.jsonl"
 

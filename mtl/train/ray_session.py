@@ -10,7 +10,7 @@ from pathlib import Path
 import ray.train
 import torch
 
-from mtl.train_loop import Batch, run_training
+from mtl.train.recipe import Batch, run_training
 
 SHUFFLE_BUFFER_ROWS = 2_048
 

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtl.data import DataError
-from mtl.inference import ExportedModel
-from mtl.metrics import classification_metrics, spearman
+from mtl.data.contract import DataError
+from mtl.evaluation.metrics import classification_metrics, spearman
+from mtl.inference.exported_model import ExportedModel
 
 
 def classification_report(model: ExportedModel, rows: pa.Table, task_names: list[str], batch_size: int = 64) -> dict:

@@ -9,8 +9,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from mtl.config import OptimConfig
-from mtl.finetune import is_embedding, layer_index, num_encoder_layers
-from mtl.model import MultiTaskModel
+from mtl.model.multitask import MultiTaskModel
+from mtl.model.strategies import is_embedding, layer_index, num_encoder_layers
 
 
 def _backbone_depth_scale(parameter_name: str, num_layers: int, layer_decay: float) -> tuple[str, float]:

@@ -10,10 +10,10 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from mtl.config import Config, ConfigError
-from mtl.datasets import preflight, read_rows, training_dataset
-from mtl.inference import read_manifest
-from mtl.ray_session import train_worker
-from mtl.report import read_history, write_report
+from mtl.data.ray_datasets import preflight, read_rows, training_dataset
+from mtl.inference.exported_model import read_manifest
+from mtl.train.ray_session import train_worker
+from mtl.train.report import read_history, write_report
 
 
 def storage_root(config: Config) -> str:

@@ -1,7 +1,7 @@
 """Benchmark: training throughput of (a) a plain PyTorch loop, (b) Ray Data -> Ray Train -> DeepSpeed with 1 worker,
 (c) the same with 2 workers; same model, sequence length, micro batch and precision; fp32 and bf16.
 
-    python -m jobs.bench_train [--steps 30] [--strategy full] [--precisions fp32,bf16]
+    python -m jobs.bench.train [--steps 30] [--strategy full] [--precisions fp32,bf16]
 
 (a) is one process: our model, strategy and parameter groups, `torch.optim.AdamW`, `torch.autocast` for bf16, batches
     already in memory (the floor nothing else can beat);
@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from jobs.bench.cpu_usage import CpuSampler, format_breakdown
 from mtl.config import Config, validate_config
-from mtl.cpu_usage import CpuSampler, format_breakdown
 
 SHARED_MIXED = "../shared/data/mixed/train-00000.parquet"
 OUT = Path("runs/bench_train")
@@ -82,12 +82,12 @@ def make_config(data: str, steps: int, strategy: str, precision: str, workers: i
 
 def plain_loop(config: Config) -> dict:
     """(a): the same model and optimizer groups in a bare PyTorch loop; batches pre-read into memory."""
-    from mtl.backbone import load_tokenizer
-    from mtl.finetune import apply_strategy
-    from mtl.losses import multitask_loss
-    from mtl.model import build_model
-    from mtl.optim import build_optimizer
-    from mtl.tokenization import tokenize
+    from mtl.data.tokenization import tokenize
+    from mtl.model.backbone import load_tokenizer
+    from mtl.model.multitask import build_model
+    from mtl.model.strategies import apply_strategy
+    from mtl.train.losses import multitask_loss
+    from mtl.train.optim import build_optimizer
 
     table = pq.read_table(config.data.train[0]).to_pydict()
     task_index = {name: i for i, name in enumerate(config.task_names)}
@@ -127,7 +127,7 @@ def plain_loop(config: Config) -> dict:
 
 def deepspeed_local(config: Config) -> dict:
     """(a2): the project's DeepSpeed recipe in this process (no Ray): separates DeepSpeed's cost from Ray's."""
-    from mtl.local_session import train_locally
+    from mtl.train.local_session import train_locally
 
     config = config.model_copy(update={"run": config.run.model_copy(update={"name": config.run.name + "-local"})})
     shutil.rmtree(OUT / config.run.name, ignore_errors=True)
@@ -136,7 +136,7 @@ def deepspeed_local(config: Config) -> dict:
 
 
 def ray_pipeline(config: Config) -> dict:
-    from mtl.trainer import train_on_ray
+    from mtl.train.driver import train_on_ray
 
     shutil.rmtree(OUT / config.run.name, ignore_errors=True)  # a fresh run, not a resume
     throughput = train_on_ray(config)["throughput"]

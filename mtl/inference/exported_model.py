@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from mtl.heads import build_heads, load_head_into
-from mtl.pooling import normalize, pool
-from mtl.tokenization import tokenize
+from mtl.data.tokenization import tokenize
+from mtl.model.heads import build_heads, load_head_into
+from mtl.model.pooling import normalize, pool
 
 PRECISIONS = ("fp32", "bf16")
 

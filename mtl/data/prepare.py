@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mtl.data import DataError
+from mtl.data.contract import DataError
 
 TEXT_COLUMNS = ("text", "sentence")  # first one present is the text
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 import ray.data
 
 from mtl.config import Config, validate_config
-from mtl.data import RowReport, expand_paths, iter_validated, validate_batch
-from mtl.sampling import rows_per_task, task_weights
+from mtl.data.contract import RowReport, expand_paths, iter_validated, validate_batch
+from mtl.data.sampling import rows_per_task, task_weights
 
 
 def preflight(patterns: list[str], config: Config, key: str) -> tuple[list[str], RowReport, dict[str, int]]:

@@ -1,6 +1,6 @@
 """Benchmark: batch embedding throughput of sentence-transformers vs our path (fp32, bf16), same texts, one run.
 
-    python -m jobs.bench_embed [--model EXPORT] [--data PARQUET_GLOB] [--rows 4000]
+    python -m jobs.bench.embed [--model EXPORT] [--data PARQUET_GLOB] [--rows 4000]
 
 (a) `SentenceTransformer(export).encode` at its default batch size, fp32;
 (b) the batch job's callable (`mtl.batch_embed.EmbedBatch`, what each Ray Data actor runs) in fp32;
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from mtl.batch_embed import EmbedBatch, EmbedOptions, run_embedding
+from mtl.inference.batch import EmbedBatch, EmbedOptions, run_embedding
 
 SHARED_SST2 = "../shared/data/sst2/train-*.parquet"
 SAMPLE = "data/sample/sentiment.tsv"
@@ -52,10 +52,10 @@ def default_export() -> Path:
     """The default backbone exported as-is (random heads): embeddings are what the backbone gives."""
     directory = Path("runs/bench/default-export")
     if not (directory / "mtl.json").is_file():
-        from mtl.backbone import load_tokenizer
         from mtl.config import validate_config
-        from mtl.export import export_model
-        from mtl.model import build_model
+        from mtl.inference.export import export_model
+        from mtl.model.backbone import load_tokenizer
+        from mtl.model.multitask import build_model
 
         config = validate_config({"model": {"max_seq_length": 128}, "tasks": {"sentiment": {"labels": ["n", "p"]}}})
         export_model(build_model(config), config, load_tokenizer(config.model), directory, metrics={}, steps=0)

@@ -1,6 +1,6 @@
 """Benchmark: the Serve app vs a hand-written single-process FastAPI server, same export, same load.
 
-    python -m jobs.bench_serve [--model EXPORT] [--requests 2000]
+    python -m jobs.bench.serve [--model EXPORT] [--requests 2000]
 
 A closed-loop async load generator (aiohttp) posts one text per request to /v1/predict at concurrency
 1, 8 and 32: throughput, p50/p99 latency and error counts. The baseline is what a user would write first:
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from jobs.bench_embed import default_export, load_texts
+from jobs.bench.embed import default_export, load_texts
 
 LEVELS = (1, 8, 32)
 
@@ -86,7 +86,7 @@ def load(url: str, texts: list[str], total: int) -> list[dict]:
 
 def forward_ms(model_dir: Path, texts: list[str]) -> float:
     """p50 of the model's own single-text predict (in this process, no HTTP, no Ray)."""
-    from mtl.inference import ExportedModel
+    from mtl.inference.exported_model import ExportedModel
 
     model = ExportedModel.load(model_dir)
     for text in texts[:10]:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     port = free_port()
     baseline = subprocess.Popen(
-        [sys.executable, "-m", "jobs.baseline_server", "--model", str(model), "--port", str(port)],
+        [sys.executable, "-m", "jobs.bench.baseline_server", "--model", str(model), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
