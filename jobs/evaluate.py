@@ -15,8 +15,9 @@ from pathlib import Path
 
 from mtl.config import validate_config
 from mtl.data.contract import read_validated
-from mtl.evaluation.export_eval import classification_report, stsb_spearman
+from mtl.evaluation.classification import classification_report
 from mtl.evaluation.plots import plot_confusion
+from mtl.evaluation.stsb import stsb_spearman
 from mtl.inference.exported_model import ExportedModel
 from mtl.model.pooling import POOLING_MODES
 

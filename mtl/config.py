@@ -231,12 +231,16 @@ class Config(Section):
         """Task names in head order; a row's task id is its index here."""
         return list(self.tasks)
 
+    @property
+    def rows_per_step(self) -> int:
+        """Rows per optimizer step over all workers: micro batch x accumulation x workers."""
+        return self.train.micro_batch_size * self.train.grad_accum_steps * self.scaling.num_workers
+
     def with_steps_for(self, train_rows: int) -> Config:
         """Resolve `train.epochs` into `train.max_steps` for an epoch of `train_rows` sampled rows."""
         if self.train.max_steps is not None:
             return self
-        rows_per_step = self.train.micro_batch_size * self.train.grad_accum_steps * self.scaling.num_workers
-        steps = max(1, math.ceil(self.train.epochs * train_rows / rows_per_step))
+        steps = max(1, math.ceil(self.train.epochs * train_rows / self.rows_per_step))
         train = self.train.model_copy(update={"max_steps": steps, "epochs": None})
         return self.model_copy(update={"train": train})
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from mtl.inference.exported_model import read_manifest
+from mtl.inference import model_info, read_manifest
 from serve_app.args import AppArgs
 from serve_app.encoder import Encoder
 from serve_app.ingress import Ingress
@@ -34,18 +34,10 @@ def build_app(args: AppArgs) -> Application:
         ).bind(str(model_dir), task)
         for task in manifest["tasks"]
     }
-    info = {
-        "tasks": {name: task["labels"] for name, task in manifest["tasks"].items()},
-        "pooling": manifest["pooling"],
-        "dim": int(manifest["hidden_size"]),
-        "max_seq_length": int(manifest["max_seq_length"]),
-        "provenance": manifest.get("provenance", {}),
-        "metrics": manifest.get("metrics", {}),
-    }
     limits = {"max_texts": args.max_texts, "max_chars": args.max_chars, "auth_token_env": args.auth_token_env}
     return Ingress.options(
         num_replicas=args.ingress_replicas,
         ray_actor_options={"num_cpus": args.ingress_cpus},
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests,
-    ).bind(encoder, heads, info, limits)
+    ).bind(encoder, heads, model_info(manifest), limits)

@@ -3,14 +3,17 @@
 import asyncio
 import hmac
 import os
+from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from mtl.inference import label_entries, normalize_rows, pair_cosine
 from serve_app.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -28,14 +31,21 @@ api = FastAPI(
 )
 
 
-def check_token(request: Request) -> None:
+bearer = HTTPBearer(auto_error=False, description="required when the token variable (`auth_token_env`) is set")
+
+
+async def check_token(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]):
     """Bearer token from the environment variable named by `auth_token_env`; no variable, no check."""
     expected = os.environ.get(request.app.state.auth_token_env or "")
     if not expected:
         return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-        raise HTTPException(status_code=401, detail="missing or wrong bearer token (header Authorization)")
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong bearer token (header Authorization)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 @serve.deployment(name="Ingress")
@@ -93,7 +103,7 @@ class Ingress:
         self._check_limits(body.texts, "texts")
         vectors = await self._pooled(body.texts)
         if body.normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            vectors = normalize_rows(vectors)
         return {"embeddings": vectors.tolist(), "dim": int(vectors.shape[1])}
 
     @api.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(check_token)])
@@ -105,18 +115,11 @@ class Ingress:
             raise HTTPException(status_code=422, detail=f"tasks: unknown task(s) {unknown}; known: {list(self.heads)}")
         pooled = await self._pooled(body.texts)
         outputs = await asyncio.gather(*(self._call(self.heads[task].remote(pooled)) for task in tasks))
-        predictions = []
-        for row in range(len(body.texts)):
-            entry = {}
-            for task, probabilities in zip(tasks, outputs, strict=True):
-                labels = self.info["tasks"][task]
-                best = int(probabilities[row].argmax())
-                entry[task] = {
-                    "label": labels[best],
-                    "label_id": best,
-                    "probabilities": dict(zip(labels, map(float, probabilities[row]), strict=True)),
-                }
-            predictions.append(entry)
+        entries = {
+            task: label_entries(self.info["tasks"][task], probabilities)
+            for task, probabilities in zip(tasks, outputs, strict=True)
+        }
+        predictions = [{task: entries[task][row] for task in tasks} for row in range(len(body.texts))]
         return {"predictions": predictions}
 
     @api.post("/v1/similarity", response_model=SimilarityResponse, dependencies=[Depends(check_token)])
@@ -124,6 +127,5 @@ class Ingress:
         texts = [text for pair in body.pairs for text in pair]
         self._check_limits(texts, "pairs")
         vectors = await self._pooled(texts)
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        scores = (vectors[0::2] * vectors[1::2]).sum(axis=1)
+        scores = pair_cosine(vectors[0::2], vectors[1::2])
         return {"scores": [float(score) for score in scores]}

@@ -72,6 +72,24 @@ def synthetic_rows(count: int, seed: int = 0) -> dict[str, list]:
     return rows
 
 
+def write_stsb(path: Path) -> Path:
+    """STS-B-shaped pairs whose ranking any encoder gets right: identical texts score 5, unrelated ones 0.
+
+    Cosine of identical texts is exactly 1, above every other pair, so Spearman is ~0.87 for any model;
+    a wrong pairing, a missing normalisation or a swapped column shows as a value far from that.
+    """
+    same = ["a cat sits on the mat", "stocks fell sharply", "who wrote hamlet ?", "the film was great"]
+    other = ["the sky is blue", "a dog runs in the park", "how far is the moon ?", "rain is expected today"]
+    return write_parquet(
+        path,
+        {
+            "sentence1": same + same,
+            "sentence2": same + other,
+            "score": [5.0] * len(same) + [0.0] * len(other),
+        },
+    )
+
+
 def config_dict(backbone: Path, tmp_path: Path, **sections) -> dict:
     train = write_parquet(tmp_path / "data" / "train.parquet", synthetic_rows(256))
     validation = write_parquet(tmp_path / "data" / "validation.parquet", synthetic_rows(64, seed=1))

@@ -4,7 +4,7 @@ import pytest
 
 from jobs.evaluate import main
 from mtl.train.local_session import train_locally
-from tests.conftest import write_parquet
+from tests.conftest import write_parquet, write_stsb
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -12,14 +12,7 @@ pytestmark = pytest.mark.timeout(300)
 def test_evaluate_reports_tasks_and_stsb_per_pooling(make_config, tmp_path):
     config = make_config(train={"max_steps": 5})
     export = train_locally(config)["export_dir"]
-    stsb = write_parquet(
-        tmp_path / "stsb.parquet",
-        {
-            "sentence1": ["a cat", "a dog", "the sky"],
-            "sentence2": ["a cat", "a hog", "stocks fell"],
-            "score": [5.0, 3.0, 0.0],
-        },
-    )
+    stsb = write_stsb(tmp_path / "stsb.parquet")
     result = main(["--model", export, "--data", config.data.validation[0], "--stsb", str(stsb), "--compare-pooling"])
     assert set(result["tasks"]) == {"sentiment", "topic"}
     assert result["tasks"]["topic"]["count"] + result["tasks"]["sentiment"]["count"] == 64
@@ -27,7 +20,7 @@ def test_evaluate_reports_tasks_and_stsb_per_pooling(make_config, tmp_path):
     assert sorted(Path(f).name for f in result["figures"]) == ["sentiment.png", "topic.png"]
     assert all(Path(f).is_file() and Path(export) not in Path(f).parents for f in result["figures"])
     assert set(result["stsb_spearman"]) == {"cls", "mean", "max"}
-    assert all(-1.0 <= value <= 1.0 for value in result["stsb_spearman"].values())
+    assert all(value > 0.8 for value in result["stsb_spearman"].values()), result["stsb_spearman"]  # see write_stsb
 
 
 def test_evaluate_names_missing_stsb_columns(make_config, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 
 from mtl.model.multitask import build_model
 from mtl.model.strategies import apply_strategy
-from mtl.train.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from mtl.train.optim import build_optimizer, build_scheduler, parameter_groups
 
 
 def groups_for(make_config, finetune, optim):
@@ -56,9 +56,23 @@ def test_schedule_keeps_lr_ratios(make_config, schedule):
     assert max(seen) == pytest.approx(1.0)
 
 
-def test_lr_factor_shapes():
-    linear = lr_factor("linear", warmup_steps=10, total_steps=110)
-    assert linear(0) == 0.0 and linear(5) == 0.5 and linear(10) == 1.0 and linear(60) == 0.5 and linear(110) == 0.0
-    cosine = lr_factor("cosine", warmup_steps=0, total_steps=100)
-    assert cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
-    assert lr_factor("constant", 0, 100)(99) == 1.0
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        # 10 warm-up steps of 110; multiplier at steps 0, 5, 10, 60, 110.
+        ("linear", [0.0, 0.5, 1.0, 0.5, 0.0]),
+        ("cosine", [0.0, 0.5, 1.0, 0.5, 0.0]),
+        ("constant", [0.0, 0.5, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_schedule_shapes(make_config, schedule, expected):
+    config = make_config(optim={"schedule": schedule, "warmup_ratio": 10 / 110})
+    optimizer = build_optimizer(build_model(config), config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, total_steps=110)
+    peak = optimizer.param_groups[0]["initial_lr"]
+    seen = {}
+    for step in range(111):
+        seen[step] = optimizer.param_groups[0]["lr"] / peak
+        optimizer.step()
+        scheduler.step()
+    assert [seen[step] for step in (0, 5, 10, 60, 110)] == pytest.approx(expected, abs=1e-9)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtl.train.local_session import train_locally
-from tests.conftest import write_parquet
+from tests.conftest import write_stsb
 
 pytestmark = pytest.mark.timeout(300)
 FAST = {"head_lr": 5e-3, "backbone_lr": 1e-3, "warmup_ratio": 0.0}
@@ -31,10 +31,7 @@ def logged_losses(output: str, task: str) -> list[float]:
 
 
 def test_loss_falls_and_export_is_complete(make_config, capsys, tmp_path):
-    stsb = write_parquet(
-        tmp_path / "stsb.parquet",
-        {"sentence1": ["a cat", "a dog", "the sky"], "sentence2": ["a cat", "a hog", "x"], "score": [5.0, 3.0, 0.0]},
-    )
+    stsb = write_stsb(tmp_path / "stsb.parquet")
     result, output = run(
         make_config,
         capsys,
@@ -46,10 +43,14 @@ def test_loss_falls_and_export_is_complete(make_config, capsys, tmp_path):
     for task in ("sentiment", "topic"):
         losses = logged_losses(output, task)
         assert len(losses) == 5 and losses[-1] < 0.7 * losses[0], (task, losses)
-    assert "samples/s=" in output and "eta=" in output and "lr/head:topic=" in output
+    assert "samples/s=" in output and "eta=" in output
+    progress = [line for line in output.splitlines() if line.startswith("step ")]
+    lr_columns = [part.split("=")[0] for part in progress[0].split() if part.startswith("lr/")]
+    assert lr_columns == ["lr/head:sentiment", "lr/head:topic", "lr/backbone_top", "lr/backbone_bottom"]
     assert result["steps"] == 100
     speed = result["throughput"]
-    assert speed["samples_per_s"] > 0 and speed["padded_tokens_per_s"] > speed["samples_per_s"]  # >= 1 token per row
+    # Synthetic rows are 8-10 word pieces with [CLS]/[SEP]; batches pad to their longest row (max_seq_length 32).
+    assert 8 <= speed["padded_tokens_per_s"] / speed["samples_per_s"] <= 12, speed
     assert 0 <= speed["data_wait_fraction"] < 1
     assert result["metrics"]["topic"]["count"] + result["metrics"]["sentiment"]["count"] == 64
     export = result["export_dir"]
@@ -69,8 +70,9 @@ def test_loss_falls_and_export_is_complete(make_config, capsys, tmp_path):
         "validation_macro_f1.png",
     }
     assert all(Path(f).stat().st_size > 1000 for f in report["figures"])
-    assert set(report["stsb_spearman"]) >= {"before", "after", "change"}
-    assert -1 <= report["stsb_spearman"]["after"] <= 1
+    stsb_result = report["stsb_spearman"]
+    assert stsb_result["before"] > 0.8 and stsb_result["after"] > 0.8, stsb_result  # see write_stsb
+    assert stsb_result["change"] == pytest.approx(stsb_result["after"] - stsb_result["before"])
     assert json.loads((Path(result["run_dir"]) / "report" / "report.json").read_text()) == report
 
 

@@ -22,7 +22,7 @@ from mtl.data.contract import RowReport, expand_paths, iter_validated, validate_
 from mtl.data.sampling import rows_per_task, task_weights
 
 
-def preflight(patterns: list[str], config: Config, key: str) -> tuple[list[str], RowReport, dict[str, int]]:
+def validate_files(patterns: list[str], config: Config, key: str) -> tuple[list[str], RowReport, dict[str, int]]:
     """Validate every row once (constant memory); return files, row report and clean rows per task."""
     files = expand_paths(patterns, key)
     report = RowReport()

@@ -10,36 +10,47 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from mtl.data.contract import DataError, expand_paths
-from mtl.inference.exported_model import ExportedModel, read_manifest
-from mtl.model.pooling import normalize
+from mtl.inference.exported_model import ExportedModel, normalize_rows, read_manifest
 
 
-@dataclass
-class EmbedOptions:
+class EmbedOptions(BaseModel):
+    """The batch job's options (`jobs.embed` flags), validated: a bad value names its flag."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+
     model: str
-    inputs: list[str]
+    """--model: export directory."""
+    inputs: list[str] = Field(min_length=1)
+    """--input: Parquet files or globs."""
     output: str
+    """--output: directory of Parquet files (written to `<output>.partial`, renamed at the end)."""
     text_column: str = "text"
-    keep_columns: list[str] = field(default_factory=list)
-    tasks: list[str] = field(default_factory=list)  # empty: embeddings only
+    keep_columns: list[str] = Field(default_factory=list)
+    """--keep-columns: input columns copied to the output (keep an id to join rows back)."""
+    tasks: list[str] = Field(default_factory=list)
+    """--tasks: [] embeddings only, ["all"] every task of the export, else task names."""
     normalize: bool = True
-    precision: str = "fp32"
-    batch_size: int = 256  # rows per Ray Data batch; sorted by length and encoded in chunks of 64
-    actors: int = 1
-    cpus_per_actor: float = 1.0
-    threads: int | None = None  # torch threads per actor; default: the machine's cores / actors
-    gpus_per_actor: float = 0.0
-    on_empty: str = "error"  # or "skip" (counted in the summary)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_size: int = Field(256, ge=1)
+    """--batch-size: rows per Ray Data batch; sorted by length and encoded in chunks of 64."""
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    threads: int | None = Field(None, ge=1)
+    """--threads: torch threads per actor; default: the machine's cores / actors."""
+    gpus_per_actor: float = Field(0.0, ge=0)
+    on_empty: Literal["error", "skip"] = "error"
+    """--on-empty: stop at null/empty texts (naming file and rows) or drop and count them."""
     overwrite: bool = False
 
 
@@ -49,7 +60,7 @@ def empty_mask(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.fill_null(pc.equal(pc.utf8_length(stripped), 0), True).to_numpy(zero_copy_only=False)
 
 
-def preflight(options: EmbedOptions) -> tuple[list[str], dict]:
+def check_inputs(options: EmbedOptions) -> tuple[list[str], dict]:
     """Check every input file's columns and texts; return the files and row counts (in, skipped by reason)."""
     files = expand_paths(options.inputs, "--input")
     counts = {"rows_in": 0, "skipped": {}}
@@ -107,8 +118,8 @@ class EmbedBatch:
         if not keep.all():
             batch = batch.filter(pa.array(keep))
             texts = batch.column(options.text_column)
-        pooled = self.model.encode(texts.to_pylist(), batch_size=64)
-        vectors = (normalize(pooled) if options.normalize else pooled).numpy().astype(np.float32)
+        pooled = self.model.encode(texts.to_pylist(), batch_size=64).numpy()  # (B, H) float32
+        vectors = normalize_rows(pooled) if options.normalize else pooled
         dim = vectors.shape[1]
         columns = {name: batch.column(name) for name in options.keep_columns}
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
@@ -129,7 +140,7 @@ def run_embedding(options: EmbedOptions) -> dict:
     import ray.data
 
     started = time.perf_counter()
-    files, counts = preflight(options)
+    files, counts = check_inputs(options)
     # Bad model or task: fail before any Ray work, without loading weights.
     resolve_tasks(list(read_manifest(options.model)["tasks"]), options.tasks)
     output = Path(options.output).resolve()

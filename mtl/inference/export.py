@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import peft
+from transformers.utils import logging as hf_logging
 
 from mtl.config import Config
 from mtl.model.heads import save_head
@@ -32,30 +33,20 @@ def _git_commit() -> str | None:
     return completed.stdout.strip() or None
 
 
-def _sentence_transformers_files(directory: Path, pooling: str, hidden_size: int, max_seq_length: int) -> None:
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
-    (directory / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)
-    )
-    (directory / "1_Pooling").mkdir(exist_ok=True)
-    pooling_config = {
-        "word_embedding_dimension": hidden_size,
-        "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean",
-        "pooling_mode_max_tokens": pooling == "max",
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    }
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))
-    (directory / "2_Normalize").mkdir(exist_ok=True)
+def _sentence_transformers_files(directory: Path, pooling: str, max_seq_length: int) -> None:
+    """modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/ as sentence-transformers writes them."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    transformer = Transformer(str(directory), max_seq_length=max_seq_length)
+    pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
+    model = SentenceTransformer(modules=[transformer, pooler, Normalize()], device="cpu")
+    model.save(str(directory), create_model_card=False)
 
 
 def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Path, metrics: dict, steps: int) -> Path:
     """Write everything inference needs (and nothing else) to `directory`, replacing what was there."""
+    hf_logging.disable_progress_bar()  # one log line per export, not tqdm bars per shard
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -67,7 +58,7 @@ def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Pa
     encoder.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     hidden_size = int(encoder.config.hidden_size)
-    _sentence_transformers_files(staging, model.pooling, hidden_size, config.model.max_seq_length)
+    _sentence_transformers_files(staging, model.pooling, config.model.max_seq_length)
     for name, head in model.heads.items():
         save_head(head, staging / "heads" / f"{name}.safetensors")
     manifest = {

@@ -1,8 +1,10 @@
-"""The one inference path (tokenise -> encode -> pool -> heads) over an export directory.
+"""The one reader of an export: manifest, encoder, pooling, heads, and every piece of output maths.
 
-Shared by `jobs/evaluate.py`, the demo, the batch embedding job and the Serve deployments; it needs
-nothing but the export. `encode` sorts texts by token length so each batch pads to similar lengths,
-and returns rows in the caller's order.
+`ExportedModel.load(export_dir)` is what jobs, the batch job and evaluation use. The Serve deployments
+split the model across processes, so they call the same module-level functions on their part of it:
+`read_manifest`, `model_info`, `load_task_head`, `head_probabilities`, `label_entries`,
+`normalize_rows`, `pair_cosine`. `encode` sorts texts by token length so each batch pads to similar
+lengths, and returns rows in the caller's order.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from mtl.data.tokenization import tokenize
 from mtl.model.heads import build_heads, load_head_into
-from mtl.model.pooling import normalize, pool
+from mtl.model.pooling import cosine_similarity, normalize, pool
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -39,6 +42,65 @@ def read_manifest(export_dir: str | Path) -> dict:
     if not manifest_file.is_file():
         raise FileNotFoundError(f"{export_dir}: no mtl.json, not an export directory")
     return json.loads(manifest_file.read_text())
+
+
+def task_labels(manifest: dict) -> dict[str, list[str]]:
+    """Task name -> label names in id order, in head order."""
+    return {name: list(task["labels"]) for name, task in manifest["tasks"].items()}
+
+
+def model_info(manifest: dict) -> dict:
+    """What a client may know about an export: tasks and labels, pooling, dimension, provenance, metrics."""
+    return {
+        "tasks": task_labels(manifest),
+        "pooling": manifest["pooling"],
+        "dim": int(manifest["hidden_size"]),
+        "max_seq_length": int(manifest["max_seq_length"]),
+        "provenance": manifest.get("provenance", {}),
+        "metrics": manifest.get("metrics", {}),
+    }
+
+
+def load_task_head(export_dir: str | Path, task: str, head_file: str | Path | None = None) -> nn.Linear:
+    """One task's head from `head_file` (default: the export's `heads/<task>.safetensors`), shape-checked."""
+    manifest = read_manifest(export_dir)
+    if task not in manifest["tasks"]:
+        raise ValueError(f"{export_dir}: no task {task!r}; the export has {list(manifest['tasks'])}")
+    path = Path(head_file) if head_file else Path(export_dir) / "heads" / f"{task}.safetensors"
+    head = build_heads(int(manifest["hidden_size"]), {task: len(manifest["tasks"][task]["labels"])})[task]
+    load_head_into(head, path)  # raises naming the file on a shape mismatch
+    return head.eval()
+
+
+@torch.inference_mode()
+def head_probabilities(head: nn.Module, pooled: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Softmax over one head's logits for pooled, un-normalised vectors `(B, H)` -> `(B, n_labels)`."""
+    pooled = torch.tensor(pooled) if isinstance(pooled, np.ndarray) else pooled  # a copy: arrays may be read-only
+    weight = next(head.parameters())
+    return torch.softmax(head(pooled.to(weight.device, weight.dtype)).float(), dim=-1).cpu().numpy()
+
+
+def label_entries(labels: Sequence[str], probabilities: np.ndarray) -> list[dict]:
+    """Per row: the best label's name and id and every label's probability."""
+    best = probabilities.argmax(axis=1)
+    return [
+        {
+            "label": labels[int(best[row])],
+            "label_id": int(best[row]),
+            "probabilities": dict(zip(labels, map(float, probabilities[row]), strict=True)),
+        }
+        for row in range(probabilities.shape[0])
+    ]
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalised copies of `(B, H)` vectors (the embeddings served for similarity)."""
+    return normalize(torch.tensor(vectors)).numpy()
+
+
+def pair_cosine(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two `(B, H)` batches."""
+    return cosine_similarity(torch.tensor(left), torch.tensor(right)).numpy()
 
 
 class ExportedModel:
@@ -72,11 +134,10 @@ class ExportedModel:
     def load(cls, export_dir: str | Path, device: str = "cpu", precision: str = "fp32") -> ExportedModel:
         export_dir = Path(export_dir)
         manifest = read_manifest(export_dir)
-        labels = {name: task["labels"] for name, task in manifest["tasks"].items()}
+        labels = task_labels(manifest)
+        hf_logging.disable_progress_bar()  # no tqdm bar per replica and per load
         encoder = AutoModel.from_pretrained(export_dir, local_files_only=True)
-        heads = build_heads(encoder.config.hidden_size, {name: len(names) for name, names in labels.items()})
-        for name, head in heads.items():
-            load_head_into(head, export_dir / "heads" / f"{name}.safetensors")
+        heads = nn.ModuleDict({name: load_task_head(export_dir, name) for name in labels})
         tokenizer = AutoTokenizer.from_pretrained(export_dir, local_files_only=True)
         return cls(
             encoder, tokenizer, manifest["pooling"], int(manifest["max_seq_length"]), labels, heads, manifest,
@@ -120,32 +181,23 @@ class ExportedModel:
         return out
 
     def embed(self, texts: Sequence[str], normalized: bool = True, pooling: str | None = None) -> np.ndarray:
-        pooled = self.encode(texts, pooling=pooling)
-        return (normalize(pooled) if normalized else pooled).numpy()
+        pooled = self.encode(texts, pooling=pooling).numpy()
+        return normalize_rows(pooled) if normalized else pooled
 
     def check_tasks(self, tasks: Sequence[str] | None) -> list[str]:
+        """`None`/empty -> every task; otherwise the names, each checked against the export's tasks."""
         tasks = list(tasks) if tasks else list(self.labels)
         unknown = [name for name in tasks if name not in self.labels]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; this model has {list(self.labels)}")
         return tasks
 
-    @torch.inference_mode()
-    def head_probabilities(self, pooled: torch.Tensor, tasks: Sequence[str]) -> dict[str, np.ndarray]:
-        pooled = pooled.to(self.device)
-        return {name: torch.softmax(self.heads[name](pooled), dim=-1).cpu().numpy() for name in tasks}
+    def head_probabilities(self, pooled: torch.Tensor | np.ndarray, tasks: Sequence[str]) -> dict[str, np.ndarray]:
+        return {name: head_probabilities(self.heads[name], pooled) for name in tasks}
 
     def predict(self, texts: Sequence[str], tasks: Sequence[str] | None = None) -> list[dict]:
         """Per text: task -> label name, label id and every label's probability."""
         tasks = self.check_tasks(tasks)
         probabilities = self.head_probabilities(self.encode(texts), tasks)
-        return [{name: self.label_entry(name, probabilities[name][row]) for name in tasks} for row in range(len(texts))]
-
-    def label_entry(self, task: str, scores: np.ndarray) -> dict:
-        best = int(scores.argmax())
-        names = self.labels[task]
-        return {
-            "label": names[best],
-            "label_id": best,
-            "probabilities": dict(zip(names, map(float, scores), strict=True)),
-        }
+        entries = {name: label_entries(self.labels[name], probabilities[name]) for name in tasks}
+        return [{name: entries[name][row] for name in tasks} for row in range(len(texts))]

@@ -47,6 +47,11 @@ def resolve_backbone(backbone: str) -> Path:
         ) from error
 
 
+def starting_encoder_dir(model_config: ModelConfig) -> Path:
+    """Where a run's encoder (and tokenizer and declared pooling) comes from: `model.init_from`, else the backbone."""
+    return Path(model_config.init_from) if model_config.init_from else resolve_backbone(model_config.backbone)
+
+
 def load_tokenizer(model_config: ModelConfig, directory: Path | None = None) -> PreTrainedTokenizerBase:
     directory = directory or resolve_backbone(model_config.backbone)
     return AutoTokenizer.from_pretrained(

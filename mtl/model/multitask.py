@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from mtl.config import Config
-from mtl.model.backbone import load_encoder, resolve_backbone
+from mtl.model.backbone import load_encoder, starting_encoder_dir
 from mtl.model.heads import build_heads, load_head_into
 from mtl.model.pooling import normalize, pool, resolve_pooling
 
@@ -37,7 +35,7 @@ class MultiTaskModel(nn.Module):
 
 def build_model(config: Config) -> MultiTaskModel:
     """Encoder from `model.backbone` (or `model.init_from`), pooling resolved, heads for `tasks`."""
-    source = Path(config.model.init_from) if config.model.init_from else resolve_backbone(config.model.backbone)
+    source = starting_encoder_dir(config.model)
     encoder = load_encoder(config.model, source)
     pooling = resolve_pooling(config.model.pooling, source)
     torch.manual_seed(config.train.seed)

@@ -14,14 +14,6 @@ import torch.nn.functional as F
 
 POOLING_MODES = ("cls", "mean", "max")
 
-# sentence-transformers `1_Pooling/config.json` key -> our mode name.
-_SENTENCE_TRANSFORMERS_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-}
-
-
 def cls_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return hidden[:, 0]
 
@@ -49,24 +41,22 @@ def pool(mode: str, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
 
 
 def declared_pooling(backbone_dir: Path) -> str | None:
-    """The pooling a sentence-transformers model directory declares, or None if it declares none."""
-    pooling_dir = Path(backbone_dir) / "1_Pooling"
+    """The pooling a sentence-transformers model directory declares (read by sentence-transformers), or None."""
     modules_file = Path(backbone_dir) / "modules.json"
-    if modules_file.is_file():
-        for module in json.loads(modules_file.read_text()):
-            if module.get("type", "").endswith("models.Pooling"):
-                pooling_dir = Path(backbone_dir) / module["path"]
-    config_file = pooling_dir / "config.json"
-    if not config_file.is_file():
+    modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+    paths = [module["path"] for module in modules if module.get("type", "").endswith("Pooling")] or ["1_Pooling"]
+    pooling_dir = Path(backbone_dir) / paths[0]
+    if not (pooling_dir / "config.json").is_file():
         return None
-    settings = json.loads(config_file.read_text())
-    modes = [mode for key, mode in _SENTENCE_TRANSFORMERS_KEYS.items() if settings.get(key)]
-    if len(modes) != 1:
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    mode = Pooling.load(str(pooling_dir), local_files_only=True).pooling_mode
+    if mode not in POOLING_MODES:
         raise ValueError(
-            f"{config_file}: declares pooling {modes or 'none of cls/mean/max'}; "
+            f"{pooling_dir / 'config.json'}: declares pooling {mode!r}; "
             f"set model.pooling to one of {POOLING_MODES} explicitly"
         )
-    return modes[0]
+    return mode
 
 
 def resolve_pooling(requested: str, backbone_dir: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mtl.config import Config
 
 
-def deepspeed_config(config: Config, world_size: int) -> dict:
+def deepspeed_config(config: Config) -> dict:
     train, zero = config.train, config.deepspeed
     zero_optimization: dict = {"stage": zero.zero_stage}
     if zero.offload_optimizer:
@@ -16,7 +16,7 @@ def deepspeed_config(config: Config, world_size: int) -> dict:
     return {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.grad_accum_steps,
-        "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
+        "train_batch_size": config.rows_per_step,
         "gradient_clipping": config.optim.max_grad_norm,
         "zero_optimization": zero_optimization,
         "bf16": {"enabled": train.precision == "bf16"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import ray
@@ -10,7 +11,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from mtl.config import Config, ConfigError
-from mtl.data.ray_datasets import preflight, read_rows, training_dataset
+from mtl.data.ray_datasets import read_rows, training_dataset, validate_files
 from mtl.inference.exported_model import read_manifest
 from mtl.train.ray_session import train_worker
 from mtl.train.report import read_history, write_report
@@ -34,12 +35,19 @@ def check_cpu_budget(config: Config) -> None:
         )
 
 
+# Ray Train 2.60 re-routes a worker's print() to its logger *and* tees it to stdout when stdout is
+# redirected (always, in a Ray worker): every progress line reached the driver twice. Ray Train
+# propagates this variable from the driver to the workers; history.jsonl and TensorBoard keep the record.
+PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
+
 def train_on_ray(config: Config) -> dict:
-    train_files, train_report, counts = preflight(config.data.train, config, "data.train")
+    os.environ.setdefault(PRINT_PATCH_ENV, "0")
+    train_files, train_report, counts = validate_files(config.data.train, config, "data.train")
     print(f"data.train: {len(train_files)} files, {json.dumps(train_report.as_dict())}, rows per task {counts}")
     datasets = {}
     if config.data.validation:
-        validation_files, validation_report, _ = preflight(config.data.validation, config, "data.validation")
+        validation_files, validation_report, _ = validate_files(config.data.validation, config, "data.validation")
         print(f"data.validation: {len(validation_files)} files, {json.dumps(validation_report.as_dict())}")
         datasets["validation"] = read_rows(validation_files, config)
     datasets["train"], epoch_rows = training_dataset(train_files, config, counts)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -17,17 +16,11 @@ import numpy as np
 import pyarrow as pa
 import torch.distributed as dist
 
-from mtl.config import Config
+from mtl.config import Config, ConfigError
 from mtl.data.contract import expand_paths, read_validated
 from mtl.data.sampling import epoch_indices, rows_per_task, task_weights
 from mtl.train.recipe import Batch, run_training
 from mtl.train.report import write_report
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def ensure_single_process_group(use_gpu: bool) -> None:
@@ -38,9 +31,9 @@ def ensure_single_process_group(use_gpu: bool) -> None:
     """
     if dist.is_initialized():
         return
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
-    os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-    dist.init_process_group("nccl" if use_gpu else "gloo", rank=0, world_size=1)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")  # read by DeepSpeed
+    # An in-memory store: a world of one needs no rendezvous address or port.
+    dist.init_process_group("nccl" if use_gpu else "gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
 def table_batches(table: pa.Table, indices: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]:
@@ -104,6 +97,11 @@ class LocalSession:
 
 def train_locally(config: Config) -> dict:
     """Train in this process; returns the recipe's result plus the run directory."""
+    if config.scaling.num_workers != 1:
+        raise ConfigError(
+            f"scaling.num_workers={config.scaling.num_workers}: training without Ray runs one process; "
+            "set scaling.num_workers=1 or train on Ray (jobs.train)"
+        )
     session = LocalSession(config)
     config = config.with_steps_for(sum(session.targets))
     data = config.data.model_copy(update={"train": [str(Path(f).resolve()) for f in session.train_files]})

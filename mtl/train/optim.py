@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_scheduler
 
 from mtl.config import OptimConfig
 from mtl.model.multitask import MultiTaskModel
 from mtl.model.strategies import is_embedding, layer_index, num_encoder_layers
+
+# optim.schedule -> transformers scheduler name (each warms up linearly first).
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 def _backbone_depth_scale(parameter_name: str, num_layers: int, layer_decay: float) -> tuple[str, float]:
@@ -54,22 +55,11 @@ def build_optimizer(model: MultiTaskModel, optim: OptimConfig) -> torch.optim.Ad
     return torch.optim.AdamW(parameter_groups(model, optim))
 
 
-def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """Step -> LR multiplier shared by every group, so their LR ratios hold throughout."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> LambdaLR:
-    warmup_steps = int(optim.warmup_ratio * total_steps)
-    return LambdaLR(optimizer, lr_factor(optim.schedule, warmup_steps, total_steps))
+    """Linear warm-up, then `optim.schedule`; one multiplier for every group, so their LR ratios hold throughout."""
+    return get_scheduler(
+        SCHEDULES[optim.schedule],
+        optimizer,
+        num_warmup_steps=int(optim.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )

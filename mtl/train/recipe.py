@@ -22,14 +22,15 @@ import torch.distributed as dist
 
 from mtl.config import Config, validate_config
 from mtl.data.tokenization import tokenize
-from mtl.evaluation.metrics import accuracy_from_confusion, macro_f1_from_confusion
-from mtl.model.backbone import load_tokenizer, resolve_backbone
+from mtl.model.backbone import load_tokenizer, starting_encoder_dir
 from mtl.model.multitask import MultiTaskModel, build_model
 from mtl.model.strategies import apply_strategy, format_report, parameter_report
 from mtl.train.deepspeed_config import deepspeed_config
 from mtl.train.losses import multitask_loss
 from mtl.train.optim import build_optimizer, build_scheduler
+from mtl.train.progress import Throughput, flatten, progress_line
 from mtl.train.report import append_history
+from mtl.train.validation import evaluate, selection_score
 
 Batch = dict[str, np.ndarray]  # text (object), task_id (int32), label (int64); micro_batch_size rows
 
@@ -74,52 +75,18 @@ def to_device(batch: Batch, tokenizer, config: Config, device: torch.device) -> 
     return {
         "input_ids": tokens["input_ids"].to(device),
         "attention_mask": tokens["attention_mask"].to(device),
-        "task_ids": torch.as_tensor(np.asarray(batch["task_id"]), dtype=torch.long, device=device),
-        "labels": torch.as_tensor(np.asarray(batch["label"]), dtype=torch.long, device=device),
+        # torch.tensor copies: Ray Data hands out read-only arrays, which torch.as_tensor would warn about.
+        "task_ids": torch.tensor(batch["task_id"], dtype=torch.long, device=device),
+        "labels": torch.tensor(batch["label"], dtype=torch.long, device=device),
     }
 
 
-def evaluate(engine, session: Session, tokenizer, config: Config) -> dict:
-    """Per-task loss, accuracy and macro-F1 over every rank's validation rows (summed across ranks)."""
-    device = engine.device
-    task_names = config.task_names
-    sizes = [len(config.tasks[name].labels) for name in task_names]
-    width = max(sizes)
-    confusion = torch.zeros(len(task_names), width, width, dtype=torch.float64, device=device)
-    loss_sums = torch.zeros(len(task_names), dtype=torch.float64, device=device)
-    was_training = engine.module.training
-    engine.module.eval()
-    with torch.no_grad():
-        for batch in session.validation_batches():
-            inputs = to_device(batch, tokenizer, config, device)
-            logits = engine(inputs["input_ids"], inputs["attention_mask"])
-            for task_id, name in enumerate(task_names):
-                mask = inputs["task_ids"] == task_id
-                if not mask.any():
-                    continue
-                task_logits = logits[name][mask].float()
-                labels = inputs["labels"][mask]
-                loss_sums[task_id] += torch.nn.functional.cross_entropy(task_logits, labels, reduction="sum")
-                predictions = task_logits.argmax(dim=-1)
-                confusion[task_id].index_put_(
-                    (labels, predictions), torch.ones_like(labels, dtype=torch.float64), accumulate=True
-                )
-    engine.module.train(was_training)
-    if session.world_size > 1:
-        dist.all_reduce(confusion)
-        dist.all_reduce(loss_sums)
-    metrics = {}
-    for task_id, name in enumerate(task_names):
-        matrix = confusion[task_id, : sizes[task_id], : sizes[task_id]].cpu().numpy().astype(np.int64)
-        count = int(matrix.sum())
-        metrics[name] = {
-            "loss": float(loss_sums[task_id] / max(count, 1)),
-            "accuracy": accuracy_from_confusion(matrix),
-            "macro_f1": macro_f1_from_confusion(matrix),
-            "count": count,
-            "confusion": matrix.tolist(),
-        }
-    return metrics
+def validate(engine, session: Session, tokenizer, config: Config) -> dict:
+    """Validation metrics over every rank's rows (the same dict on every rank)."""
+    batches = session.validation_batches()
+    return evaluate(
+        engine, batches, lambda batch: to_device(batch, tokenizer, config, engine.device), config, session.world_size
+    )
 
 
 def save_checkpoint(engine, session: Session, step: int, metrics: dict, best: float) -> None:
@@ -141,11 +108,6 @@ def resume(engine, session: Session) -> tuple[int, float]:
         return step, float(client_state.get("best", float("-inf")))
 
 
-def selection_score(metrics: dict) -> float:
-    """What "best checkpoint" means: the mean over tasks of validation macro-F1."""
-    return float(np.mean([task["macro_f1"] for task in metrics.values()]))
-
-
 def export_snapshot(engine, session: Session, config: Config, tokenizer, name: str, metrics: dict, step: int):
     """Collective (every rank calls it): consolidate the model and export it on rank 0 to `<run_dir>/<name>`."""
     full_model = gather_full_model(engine, config)
@@ -154,16 +116,6 @@ def export_snapshot(engine, session: Session, config: Config, tokenizer, name: s
     from mtl.inference.export import export_model
 
     return str(export_model(full_model, config, tokenizer, session.run_dir / name, metrics=metrics, steps=step))
-
-
-def flatten(metrics: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        elif not isinstance(value, list):
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def gather_full_model(engine, config: Config) -> MultiTaskModel | None:
@@ -179,59 +131,10 @@ def gather_full_model(engine, config: Config) -> MultiTaskModel | None:
     return model
 
 
-class Throughput:
-    """Steady-state samples/s, padded tokens/s and the share of step time spent waiting for the next batch.
-
-    Tokens are this rank's padded `input_ids` times the world size (ranks see batches of similar shape), so runs whose
-    batches pad to different lengths can still be compared on work done. The first `warmup_steps` are skipped.
-    """
-
-    def __init__(self, warmup_steps: int = 2):
-        self.warmup_steps = warmup_steps
-        self.seen = 0
-        self.step_seconds = self.wait_seconds = 0.0
-        self.rows = self.tokens = 0
-        self._wait = 0.0
-
-    def waited(self, seconds: float) -> None:
-        self._wait += seconds
-
-    def step(self, seconds: float, rows: int, tokens: int) -> None:
-        self.seen += 1
-        if self.seen > self.warmup_steps:
-            self.step_seconds += seconds
-            self.wait_seconds += self._wait
-            self.rows += rows
-            self.tokens += tokens
-        self._wait = 0.0
-
-    def as_dict(self) -> dict:
-        if not self.step_seconds:
-            return {}
-        return {
-            "samples_per_s": self.rows / self.step_seconds,
-            "padded_tokens_per_s": self.tokens / self.step_seconds,
-            "data_wait_fraction": self.wait_seconds / self.step_seconds,
-            "steps_measured": self.seen - self.warmup_steps,
-        }
-
-
-def log_progress(step: int, total: int, per_task: dict[str, float], optimizer, rows: int, started: float) -> str:
-    elapsed = time.perf_counter() - started
-    rate = rows / max(elapsed, 1e-9)
-    remaining = elapsed / max(step, 1) * (total - step)
-    losses = " ".join(f"loss/{name}={value:.4f}" for name, value in per_task.items())
-    lrs = " ".join(
-        f"lr/{group['name']}={group['lr']:.2e}"
-        for group in optimizer.param_groups
-        if not group["name"].endswith("/no_decay")  # same LR as its decayed twin
-    )
-    return f"step {step}/{total} {losses} {lrs} samples/s={rate:.1f} eta={remaining:.0f}s"
-
-
 def run_training(config_data: dict, session: Session) -> dict:
     """The recipe. Returns the final validation metrics (and the export directory on rank 0)."""
     config = validate_config(config_data, source="worker config")  # re-validated on arrival
+    assert session.world_size == config.scaling.num_workers, "the driver sets scaling.num_workers to the world size"
     assert config.train.max_steps is not None, "the driver resolves train.epochs into train.max_steps"
     total_steps = config.train.max_steps
     deepspeed = import_deepspeed(config.scaling.use_gpu)
@@ -240,14 +143,14 @@ def run_training(config_data: dict, session: Session) -> dict:
     model = apply_strategy(build_model(config), config.finetune)
     if session.rank == 0:
         print(format_report(parameter_report(model)), flush=True)
-    tokenizer = load_tokenizer(config.model, _tokenizer_dir(config))
+    tokenizer = load_tokenizer(config.model, starting_encoder_dir(config.model))
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total_steps)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(config, session.world_size),
+        config=deepspeed_config(config),
     )
     step, best = resume(engine, session)
 
@@ -255,7 +158,7 @@ def run_training(config_data: dict, session: Session) -> dict:
     batches = session.train_batches()
     loss_weights = {name: task.loss_weight for name, task in config.tasks.items()}
     smoothing = {name: task.label_smoothing for name, task in config.tasks.items()}
-    rows_per_step = config.train.micro_batch_size * config.train.grad_accum_steps * session.world_size
+    rows_per_step = config.rows_per_step
     started, start_step = time.perf_counter(), step
     running: dict[str, list[float]] = {name: [] for name in config.task_names}
     metrics: dict = {}
@@ -281,7 +184,7 @@ def run_training(config_data: dict, session: Session) -> dict:
         if session.rank == 0 and (step % config.train.log_every == 0 or step == total_steps):
             means = {name: float(np.mean(values)) if values else float("nan") for name, values in running.items()}
             rows = (step - start_step) * rows_per_step
-            print(log_progress(step, total_steps, means, optimizer, rows, started), flush=True)
+            print(progress_line(step, total_steps, means, optimizer.param_groups, rows, started), flush=True)
             append_history(session.run_dir, {"kind": "train", "step": step, "time": time.time(), "loss": means})
             if writer:
                 for name, value in means.items():
@@ -290,7 +193,7 @@ def run_training(config_data: dict, session: Session) -> dict:
                     writer.add_scalar(f"lr/{group['name']}", group["lr"], step)
             running = {name: [] for name in config.task_names}
         if step % config.train.eval_every == 0 or step == total_steps:
-            metrics = evaluate(engine, session, tokenizer, config)
+            metrics = validate(engine, session, tokenizer, config)
             if session.rank == 0:
                 summary = " ".join(
                     f"{name}: acc={m['accuracy']:.4f} f1={m['macro_f1']:.4f} loss={m['loss']:.4f}"
@@ -310,7 +213,7 @@ def run_training(config_data: dict, session: Session) -> dict:
         if step % config.train.checkpoint_every == 0 or step == total_steps:
             save_checkpoint(engine, session, step, metrics, best)
     if not metrics:  # resumed at the last step: nothing ran, but the result still carries metrics
-        metrics = evaluate(engine, session, tokenizer, config)
+        metrics = validate(engine, session, tokenizer, config)
     if writer:
         writer.close()
 
@@ -323,10 +226,6 @@ def run_training(config_data: dict, session: Session) -> dict:
         if (session.run_dir / "best").is_dir():
             result["best_dir"] = str(session.run_dir / "best")
     return result
-
-
-def _tokenizer_dir(config: Config) -> Path:
-    return Path(config.model.init_from) if config.model.init_from else resolve_backbone(config.model.backbone)
 
 
 def _tensorboard(session: Session):

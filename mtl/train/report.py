@@ -13,10 +13,10 @@ from pathlib import Path
 from torch import nn
 
 from mtl.config import Config
-from mtl.evaluation.export_eval import stsb_spearman
 from mtl.evaluation.plots import plot_series
+from mtl.evaluation.stsb import stsb_spearman
 from mtl.inference.exported_model import ExportedModel
-from mtl.model.backbone import load_encoder, load_tokenizer, resolve_backbone
+from mtl.model.backbone import load_encoder, load_tokenizer, starting_encoder_dir
 from mtl.model.pooling import resolve_pooling
 
 HISTORY = "history.jsonl"
@@ -40,7 +40,7 @@ def read_history(run_dir: Path) -> list[dict]:
 
 def starting_model(config: Config) -> ExportedModel:
     """The encoder before fine-tuning (`model.init_from` or the backbone) with the run's pooling, no heads."""
-    source = Path(config.model.init_from) if config.model.init_from else resolve_backbone(config.model.backbone)
+    source = starting_encoder_dir(config.model)
     return ExportedModel(
         encoder=load_encoder(config.model, source),
         tokenizer=load_tokenizer(config.model, source),
