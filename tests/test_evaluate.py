@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.evaluate import main
+from mtl.evaluation.evaluate_export import evaluate_export
 from mtl.train.local_session import train_locally
 from tests.conftest import write_parquet, write_stsb
 
@@ -13,7 +13,7 @@ def test_evaluate_reports_tasks_and_stsb_per_pooling(make_config, tmp_path):
     config = make_config(train={"max_steps": 5})
     export = train_locally(config)["export_dir"]
     stsb = write_stsb(tmp_path / "stsb.parquet")
-    result = main(["--model", export, "--data", config.data.validation[0], "--stsb", str(stsb), "--compare-pooling"])
+    result = evaluate_export(export, [config.data.validation[0]], str(stsb), compare_pooling=True)
     assert set(result["tasks"]) == {"sentiment", "topic"}
     assert result["tasks"]["topic"]["count"] + result["tasks"]["sentiment"]["count"] == 64
     assert len(result["tasks"]["topic"]["confusion"]) == 6
@@ -27,4 +27,4 @@ def test_evaluate_names_missing_stsb_columns(make_config, tmp_path):
     export = train_locally(make_config(train={"max_steps": 2}))["export_dir"]
     bad = write_parquet(tmp_path / "bad.parquet", {"sentence1": ["a"], "score": [1.0]})
     with pytest.raises(ValueError, match=r"bad.parquet: STS-B file lacks column\(s\) \['sentence2'\]"):
-        main(["--model", export, "--stsb", str(bad)])
+        evaluate_export(export, [], str(bad))

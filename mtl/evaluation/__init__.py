@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics (scikit-learn), STS-B Spearman, evaluating an export, plots."""
