@@ -14,10 +14,10 @@ from pathlib import Path
 
 import requests
 
-from jobs.evaluate import main as evaluate
-from jobs.prepare_data import main as prepare_data
 from jobs.train import main as train
 from mtl.config import load_config
+from mtl.data.prepare import prepare
+from mtl.evaluation.evaluate_export import evaluate_export
 from mtl.inference.exported_model import ExportedModel
 from serve_app.local import LocalServe
 
@@ -35,29 +35,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--keep-serving", action="store_true", help="keep the Serve app up until Ctrl-C")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    prepare_data(
-        [
-            "--task",
-            f"sentiment={SAMPLE / 'sentiment.tsv'}",
-            "--labels",
-            "sentiment=negative,positive",
-            "--task",
-            f"topic={SAMPLE / 'topic.tsv'}",
-            "--labels",
-            "topic=ABBR,ENTY,DESC,HUM,LOC,NUM",
-            "--output",
-            "runs/demo/data",
-            "--validation-fraction",
-            "0.2",
-        ]
-    )
+    sources = {"sentiment": SAMPLE / "sentiment.tsv", "topic": SAMPLE / "topic.tsv"}
+    labels = {"sentiment": ["negative", "positive"], "topic": ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]}
+    prepare(sources, labels, Path("runs/demo/data"), validation_fraction=0.2)
     config_path = "jobs/configs/poc.yaml"
     config = load_config(config_path)
     # A demo starts fresh; a real run with the same name would resume from its checkpoints instead.
     shutil.rmtree(Path(config.run.storage_path) / config.run.name, ignore_errors=True)
     result = train(["--config", config_path])
     print("\nevaluating the export on the validation rows:")
-    evaluation = evaluate(["--model", result["export_dir"], "--data", config.data.validation[0]])
+    evaluation = evaluate_export(result["export_dir"], [config.data.validation[0]])
     model = ExportedModel.load(result["export_dir"])
     print("\nvalidation:")
     for task, metrics in evaluation["tasks"].items():

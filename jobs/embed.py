@@ -38,29 +38,18 @@ def parse_options(argv: list[str] | None) -> EmbedOptions:
     parser.add_argument("--on-empty", choices=("error", "skip"), default="error", help="null/empty texts")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     args = parser.parse_args(argv)
+    options = vars(args) | {
+        "inputs": args.input,
+        "keep_columns": [name for name in args.keep_columns.split(",") if name],
+        "tasks": [] if not args.tasks else ["all"] if args.tasks == "all" else args.tasks.split(","),
+        "normalize": not args.no_normalize,
+        "threads": args.threads or max(1, (os.cpu_count() or 1) // max(args.actors, 1)),
+    }
+    del options["input"], options["no_normalize"]
     try:
-        return EmbedOptions(
-            model=args.model,
-            inputs=args.input,
-            output=args.output,
-            text_column=args.text_column,
-            keep_columns=[name for name in args.keep_columns.split(",") if name],
-            tasks=[] if not args.tasks else ["all"] if args.tasks == "all" else args.tasks.split(","),
-            normalize=not args.no_normalize,
-            precision=args.precision,
-            batch_size=args.batch_size,
-            actors=args.actors,
-            cpus_per_actor=args.cpus_per_actor,
-            gpus_per_actor=args.gpus_per_actor,
-            threads=args.threads or max(1, (os.cpu_count() or 1) // max(args.actors, 1)),
-            on_empty=args.on_empty,
-            overwrite=args.overwrite,
-        )
+        return EmbedOptions.model_validate(options)
     except ValidationError as error:
-        flags = "; ".join(
-            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors()
-        )
-        parser.error(flags)
+        parser.error("; ".join(f"--{str(item['loc'][0]).replace('_', '-')}: {item['msg']}" for item in error.errors()))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -35,16 +35,16 @@ from mtl.config import Config, validate_config
 
 SHARED_MIXED = "../shared/data/mixed/train-00000.parquet"
 OUT = Path("runs/bench_train")
+TOPIC_LABELS = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
 
 
 def bench_data() -> str:
     if glob.glob(SHARED_MIXED):
         return str(Path(SHARED_MIXED).resolve())
-    from jobs.prepare_data import main as prepare
+    from mtl.data.prepare import prepare
 
-    prepare(["--task", "sentiment=data/sample/sentiment.tsv", "--labels", "sentiment=negative,positive",
-             "--task", "topic=data/sample/topic.tsv", "--labels", "topic=ABBR,ENTY,DESC,HUM,LOC,NUM",
-             "--output", str(OUT / "data"), "--validation-fraction", "0.1"])  # fmt: skip
+    sources = {"sentiment": Path("data/sample/sentiment.tsv"), "topic": Path("data/sample/topic.tsv")}
+    prepare(sources, {"sentiment": ["negative", "positive"], "topic": TOPIC_LABELS}, OUT / "data")
     return str((OUT / "data" / "train-00000.parquet").resolve())
 
 
@@ -54,7 +54,7 @@ def make_config(data: str, steps: int, strategy: str, precision: str, workers: i
             "model": {"max_seq_length": 64},
             "tasks": {
                 "sentiment": {"labels": ["negative", "positive"]},
-                "topic": {"labels": ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]},
+                "topic": {"labels": TOPIC_LABELS},
             },
             "data": {"train": [data], "sampling": "proportional"},
             "finetune": {"strategy": strategy},

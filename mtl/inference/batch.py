@@ -25,32 +25,24 @@ from mtl.inference.exported_model import ExportedModel, normalize_rows, read_man
 
 
 class EmbedOptions(BaseModel):
-    """The batch job's options (`jobs.embed` flags), validated: a bad value names its flag."""
+    """The batch job's options (`jobs.embed --help` documents each flag); a bad value names its flag."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str
-    """--model: export directory."""
     inputs: list[str] = Field(min_length=1)
-    """--input: Parquet files or globs."""
     output: str
-    """--output: directory of Parquet files (written to `<output>.partial`, renamed at the end)."""
     text_column: str = "text"
     keep_columns: list[str] = Field(default_factory=list)
-    """--keep-columns: input columns copied to the output (keep an id to join rows back)."""
-    tasks: list[str] = Field(default_factory=list)
-    """--tasks: [] embeddings only, ["all"] every task of the export, else task names."""
+    tasks: list[str] = Field(default_factory=list)  # [] embeddings only, ["all"] every task, else task names
     normalize: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
-    batch_size: int = Field(256, ge=1)
-    """--batch-size: rows per Ray Data batch; sorted by length and encoded in chunks of 64."""
+    batch_size: int = Field(256, ge=1)  # rows per Ray Data batch; sorted by length and encoded in chunks of 64
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
-    threads: int | None = Field(None, ge=1)
-    """--threads: torch threads per actor; default: the machine's cores / actors."""
+    threads: int | None = Field(None, ge=1)  # torch threads per actor
     gpus_per_actor: float = Field(0.0, ge=0)
     on_empty: Literal["error", "skip"] = "error"
-    """--on-empty: stop at null/empty texts (naming file and rows) or drop and count them."""
     overwrite: bool = False
 
 

@@ -27,15 +27,6 @@ from mtl.model.pooling import cosine_similarity, normalize, pool
 PRECISIONS = ("fp32", "bf16")
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 pays off on GPUs and on CPUs with native bf16 (avx512_bf16 / AMX); elsewhere it is emulated."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def read_manifest(export_dir: str | Path) -> dict:
     """An export's `mtl.json` (pooling, max_seq_length, tasks, ...); a clear error if the directory is not an export."""
     manifest_file = Path(export_dir) / "mtl.json"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 POOLING_MODES = ("cls", "mean", "max")
 
+
 def cls_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return hidden[:, 0]
 

@@ -8,7 +8,6 @@ place to report. `mtl.train.ray_session` drives it under Ray Train; `mtl.train.l
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -19,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+from transformers import set_seed
 
 from mtl.config import Config, validate_config
 from mtl.data.tokenization import tokenize
@@ -53,12 +53,6 @@ class Session(Protocol):
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         """Publish metrics (and this rank's checkpoint files) for this step."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def import_deepspeed(use_gpu: bool):
@@ -138,7 +132,7 @@ def run_training(config_data: dict, session: Session) -> dict:
     assert config.train.max_steps is not None, "the driver resolves train.epochs into train.max_steps"
     total_steps = config.train.max_steps
     deepspeed = import_deepspeed(config.scaling.use_gpu)
-    seed_everything(config.train.seed)
+    set_seed(config.train.seed)  # python, numpy and torch
 
     model = apply_strategy(build_model(config), config.finetune)
     if session.rank == 0:
