@@ -72,6 +72,8 @@ class DataConfig(Section):
     """How tasks are mixed: by size, by size^(1/temperature), or equally."""
     temperature: float = Field(2.0, gt=0)
     """Temperature for `sampling: temperature` (1 = proportional, large = uniform)."""
+    length_window: int = Field(64, ge=0)
+    """Micro batches whose rows are sorted by token length together before batching (0 or 1: random batches)."""
     on_bad_rows: Literal["error", "skip"] = "error"
     """Stop at the first bad row (naming file, row, column) or drop bad rows and report counts."""
     stsb: str | None = None
@@ -120,6 +122,8 @@ class OptimConfig(Section):
     """LR shape after warm-up; every group is scaled by the same factor."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping norm (0 = off)."""
+    fused: bool = False
+    """Use torch's fused AdamW kernel (one kernel for all parameters instead of a loop over them)."""
 
 
 class TrainConfig(Section):
@@ -133,6 +137,8 @@ class TrainConfig(Section):
     """Micro batches accumulated per optimizer step."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Training precision; bf16 runs on CPUs with avx512-bf16/AMX and on recent GPUs."""
+    compile: bool = False
+    """torch.compile the encoder (dynamic shapes); the compile time is paid at the start of every run."""
     seed: int = 0
     """Seed for weights, sampling and shuffling."""
     eval_every: int = Field(200, ge=1)
@@ -154,6 +160,9 @@ class DeepSpeedConfig(Section):
     """ZeRO stage: 0 off, 1 optimizer states, 2 + gradients, 3 + parameters sharded."""
     offload_optimizer: bool = False
     """Keep optimizer states on CPU (ZeRO >= 1; compiles DeepSpeedCPUAdam on first use)."""
+    autocast: bool = False
+    """bf16/fp16 via DeepSpeed's torch_autocast (fp32 weights, low-precision matmuls) instead of low-precision
+    weights with fp32 master copies in the optimizer."""
 
 
 class ScalingConfig(Section):
@@ -222,6 +231,8 @@ class Config(Section):
             )
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision=fp16 needs a GPU (scaling.use_gpu=true); use bf16 or fp32 on CPU")
+        if self.deepspeed.autocast and self.train.precision == "fp32":
+            raise ValueError("deepspeed.autocast needs train.precision bf16 or fp16 (it picks the autocast dtype)")
         if self.deepspeed.offload_optimizer and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
         return self

@@ -19,8 +19,12 @@ def deepspeed_config(config: Config) -> dict:
         "train_batch_size": config.rows_per_step,
         "gradient_clipping": config.optim.max_grad_norm,
         "zero_optimization": zero_optimization,
-        "bf16": {"enabled": train.precision == "bf16"},
-        "fp16": {"enabled": train.precision == "fp16"},
+        "bf16": {"enabled": train.precision == "bf16" and not zero.autocast},
+        "fp16": {"enabled": train.precision == "fp16" and not zero.autocast},
+        "torch_autocast": {
+            "enabled": zero.autocast,
+            "dtype": "float16" if train.precision == "fp16" else "bfloat16",
+        },
         # Our torch.optim.AdamW with parameter groups is the optimizer, also under offload.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,

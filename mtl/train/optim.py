@@ -52,7 +52,7 @@ def parameter_groups(model: MultiTaskModel, optim: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: MultiTaskModel, optim: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, optim))
+    return torch.optim.AdamW(parameter_groups(model, optim), fused=optim.fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> LambdaLR:

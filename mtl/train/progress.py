@@ -2,43 +2,99 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+# Where a training step goes, in the order a step meets them.
+PHASES = ("data_wait", "tokenize", "forward", "backward", "grad_sync", "optimizer")
+
+
+class PhaseTimer:
+    """Exclusive wall seconds per named phase: a phase entered inside another pauses the outer one.
+
+    `sync` (e.g. `torch.cuda.synchronize`) runs at every boundary so asynchronous GPU work is charged to the phase
+    that launched it; on CPU there is nothing to wait for.
+    """
+
+    def __init__(self, sync: Callable[[], None] | None = None):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._sync = sync
+        self._stack: list[str] = []
+        self._mark = 0.0
+
+    def _now(self) -> float:
+        if self._sync:
+            self._sync()
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        now = self._now()
+        if self._stack:
+            self.seconds[self._stack[-1]] += now - self._mark
+        self._stack.append(name)
+        self._mark = now
+        try:
+            yield
+        finally:
+            now = self._now()
+            self.seconds[self._stack.pop()] += now - self._mark
+            self._mark = now
+
+    def timed(self, name: str, function: Callable) -> Callable:
+        """`function` wrapped so every call is charged to phase `name`."""
+
+        def wrapper(*args, **kwargs):
+            with self.phase(name):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    def take(self) -> dict[str, float]:
+        """The seconds since the last `take`, per phase."""
+        taken, self.seconds = dict(self.seconds), defaultdict(float)
+        return taken
 
 
 class Throughput:
-    """Steady-state samples/s, padded tokens/s and the share of step time spent waiting for the next batch.
+    """Steady-state samples/s, real and padded tokens/s, and the seconds per step of each phase (`PHASES`).
 
-    Tokens are this rank's padded `input_ids` times the world size (ranks see batches of similar shape), so runs whose
-    batches pad to different lengths can still be compared on work done. The first `warmup_steps` are skipped.
+    Tokens are this rank's times the world size (ranks see batches of similar shape): real tokens are what the model
+    needs, padded tokens what it computes. The first `warmup_steps` are skipped.
     """
 
     def __init__(self, warmup_steps: int = 2):
         self.warmup_steps = warmup_steps
         self.seen = 0
-        self.step_seconds = self.wait_seconds = 0.0
-        self.rows = self.tokens = 0
-        self._wait = 0.0
+        self.step_seconds = 0.0
+        self.rows = self.tokens = self.real_tokens = 0
+        self.phases: dict[str, float] = defaultdict(float)
 
-    def waited(self, seconds: float) -> None:
-        self._wait += seconds
-
-    def step(self, seconds: float, rows: int, tokens: int) -> None:
+    def step(self, seconds: float, rows: int, tokens: int, real_tokens: int, phases: dict[str, float]) -> None:
         self.seen += 1
         if self.seen > self.warmup_steps:
             self.step_seconds += seconds
-            self.wait_seconds += self._wait
             self.rows += rows
             self.tokens += tokens
-        self._wait = 0.0
+            self.real_tokens += real_tokens
+            for name, value in phases.items():
+                self.phases[name] += value
 
     def as_dict(self) -> dict:
         if not self.step_seconds:
             return {}
+        steps = self.seen - self.warmup_steps
         return {
             "samples_per_s": self.rows / self.step_seconds,
+            "real_tokens_per_s": self.real_tokens / self.step_seconds,
             "padded_tokens_per_s": self.tokens / self.step_seconds,
-            "data_wait_fraction": self.wait_seconds / self.step_seconds,
-            "steps_measured": self.seen - self.warmup_steps,
+            "padded_per_real_token": self.tokens / max(self.real_tokens, 1),
+            "data_wait_fraction": self.phases.get("data_wait", 0.0) / self.step_seconds,
+            "step_ms": 1000 * self.step_seconds / steps,
+            "phase_ms": {name: 1000 * self.phases.get(name, 0.0) / steps for name in PHASES},
+            "steps_measured": steps,
         }
 
 

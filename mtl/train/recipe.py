@@ -21,18 +21,16 @@ import torch.distributed as dist
 from transformers import set_seed
 
 from mtl.config import Config, validate_config
-from mtl.data.tokenization import tokenize
+from mtl.data.length_grouping import Batch, TokenBatch, length_grouped
 from mtl.model.backbone import load_tokenizer, starting_encoder_dir
 from mtl.model.multitask import MultiTaskModel, build_model
 from mtl.model.strategies import apply_strategy, format_report, parameter_report
 from mtl.train.deepspeed_config import deepspeed_config
 from mtl.train.losses import multitask_loss
 from mtl.train.optim import build_optimizer, build_scheduler
-from mtl.train.progress import Throughput, flatten, progress_line
+from mtl.train.progress import PhaseTimer, Throughput, flatten, progress_line
 from mtl.train.report import append_history
 from mtl.train.validation import evaluate, selection_score
-
-Batch = dict[str, np.ndarray]  # text (object), task_id (int32), label (int64); micro_batch_size rows
 
 
 class Session(Protocol):
@@ -64,23 +62,36 @@ def import_deepspeed(use_gpu: bool):
     return deepspeed
 
 
-def to_device(batch: Batch, tokenizer, config: Config, device: torch.device) -> dict[str, torch.Tensor]:
-    tokens = tokenize(tokenizer, batch["text"].tolist(), config.model.max_seq_length)
+def to_device(batch: TokenBatch, tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad a token batch to its longest row and move it to the device."""
+    padded = tokenizer.pad({"input_ids": batch["input_ids"]}, return_tensors="pt")
     return {
-        "input_ids": tokens["input_ids"].to(device),
-        "attention_mask": tokens["attention_mask"].to(device),
+        "input_ids": padded["input_ids"].to(device),  # (B, T)
+        "attention_mask": padded["attention_mask"].to(device),  # (B, T)
         # torch.tensor copies: Ray Data hands out read-only arrays, which torch.as_tensor would warn about.
         "task_ids": torch.tensor(batch["task_id"], dtype=torch.long, device=device),
         "labels": torch.tensor(batch["label"], dtype=torch.long, device=device),
     }
 
 
+def token_batches(batches: Iterable[Batch], tokenizer, config: Config, seed: int, timer=None) -> Iterator[TokenBatch]:
+    """Row batches -> token batches, length-grouped over `data.length_window` batches."""
+    window = config.data.length_window
+    return length_grouped(batches, tokenizer, config.model.max_seq_length, window, seed, timer)
+
+
+def time_grad_sync(engine, timer: PhaseTimer) -> None:
+    """Charge DeepSpeed's gradient reduction (called inside backward and step) to the `grad_sync` phase."""
+    engine.allreduce_gradients = timer.timed("grad_sync", engine.allreduce_gradients)  # ZeRO-0 and 1
+    if hasattr(engine.optimizer, "average_tensor"):  # ZeRO-2 bucket reduce-scatter
+        engine.optimizer.average_tensor = timer.timed("grad_sync", engine.optimizer.average_tensor)
+
+
 def validate(engine, session: Session, tokenizer, config: Config) -> dict:
     """Validation metrics over every rank's rows (the same dict on every rank)."""
-    batches = session.validation_batches()
-    return evaluate(
-        engine, batches, lambda batch: to_device(batch, tokenizer, config, engine.device), config, session.world_size
-    )
+    batches = token_batches(session.validation_batches(), tokenizer, config, seed=config.train.seed)
+    inputs = (to_device(batch, tokenizer, engine.device) for batch in batches)
+    return evaluate(engine, inputs, config, session.world_size)
 
 
 def save_checkpoint(engine, session: Session, step: int, metrics: dict, best: float) -> None:
@@ -137,6 +148,8 @@ def run_training(config_data: dict, session: Session) -> dict:
     model = apply_strategy(build_model(config), config.finetune)
     if session.rank == 0:
         print(format_report(parameter_report(model)), flush=True)
+    if config.train.compile:
+        model.encoder.compile(dynamic=True)  # in place: parameter names (checkpoints, export) stay as they are
     tokenizer = load_tokenizer(config.model, starting_encoder_dir(config.model))
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total_steps)
@@ -149,7 +162,9 @@ def run_training(config_data: dict, session: Session) -> dict:
     step, best = resume(engine, session)
 
     writer = _tensorboard(session)
-    batches = session.train_batches()
+    timer = PhaseTimer(torch.cuda.synchronize if engine.device.type == "cuda" else None)
+    time_grad_sync(engine, timer)
+    batches = token_batches(session.train_batches(), tokenizer, config, config.train.seed + session.rank, timer)
     loss_weights = {name: task.loss_weight for name, task in config.tasks.items()}
     smoothing = {name: task.label_smoothing for name, task in config.tasks.items()}
     rows_per_step = config.rows_per_step
@@ -159,22 +174,28 @@ def run_training(config_data: dict, session: Session) -> dict:
     throughput = Throughput()
     engine.train()
     while step < total_steps:
-        step_started, step_tokens = time.perf_counter(), 0
+        timer.take()  # time between steps (validation, checkpoints) is not a step's
+        step_started, step_tokens, step_real_tokens = time.perf_counter(), 0, 0
         for _ in range(config.train.grad_accum_steps):
-            wait_started = time.perf_counter()
-            batch = next(batches)
-            throughput.waited(time.perf_counter() - wait_started)
-            inputs = to_device(batch, tokenizer, config, engine.device)
+            with timer.phase("data_wait"):
+                batch = next(batches)
+            with timer.phase("tokenize"):
+                inputs = to_device(batch, tokenizer, engine.device)
             step_tokens += inputs["input_ids"].numel() * session.world_size
-            logits = engine(inputs["input_ids"], inputs["attention_mask"])
-            loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing)
-            engine.backward(loss)
-            engine.step()
+            step_real_tokens += int(inputs["attention_mask"].sum()) * session.world_size
+            with timer.phase("forward"):
+                logits = engine(inputs["input_ids"], inputs["attention_mask"])
+                loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing)
+            with timer.phase("backward"):
+                engine.backward(loss)
+            with timer.phase("optimizer"):
+                engine.step()
             for task_id, name in enumerate(config.task_names):
                 if (inputs["task_ids"] == task_id).any():
                     running[name].append(float(per_task[name]))
         step += 1
-        throughput.step(time.perf_counter() - step_started, rows_per_step, step_tokens)
+        seconds = time.perf_counter() - step_started
+        throughput.step(seconds, rows_per_step, step_tokens, step_real_tokens, timer.take())
         if session.rank == 0 and (step % config.train.log_every == 0 or step == total_steps):
             means = {name: float(np.mean(values)) if values else float("nan") for name, values in running.items()}
             rows = (step - start_step) * rows_per_step

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -11,18 +13,17 @@ from mtl.config import Config
 from mtl.evaluation.metrics import classification_metrics
 
 
-def evaluate(engine, batches, to_inputs, config: Config, world_size: int) -> dict:
+def evaluate(engine, batches: Iterable[dict], config: Config, world_size: int) -> dict:
     """One pass over this rank's validation batches; rows from every rank are gathered before scoring.
 
-    `to_inputs(batch)` turns a batch into device tensors (`input_ids`, `attention_mask`, `task_ids`, `labels`).
-    Validation sets are small, so ranks exchange per-row results and scikit-learn scores them once.
+    `batches` yield device tensors (`input_ids`, `attention_mask`, `task_ids`, `labels`). Validation sets are
+    small, so ranks exchange per-row results and scikit-learn scores them once.
     """
     rows: dict[str, list[np.ndarray]] = {"task_id": [], "label": [], "prediction": [], "loss": []}
     was_training = engine.module.training
     engine.module.eval()
     with torch.no_grad():
-        for batch in batches:
-            inputs = to_inputs(batch)
+        for inputs in batches:
             logits = engine(inputs["input_ids"], inputs["attention_mask"])
             for task_id, name in enumerate(config.task_names):
                 mask = inputs["task_ids"] == task_id

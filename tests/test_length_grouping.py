@@ -1,0 +1,61 @@
+"""Length-aware batching: every row once, batch sizes and task mix kept, far less padding, order still random."""
+
+import numpy as np
+import pytest
+
+from mtl.data.length_grouping import length_grouped
+from mtl.model.backbone import bundled_default_dir
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundled_default_dir(), local_files_only=True)
+
+
+def row_batches(count: int, size: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    batches = []
+    for index in range(count):
+        lengths = rng.integers(1, 40, size)  # words per text: short questions to long review sentences
+        texts = np.array([" ".join(["word"] * int(n)) + f" {index}-{row}" for row, n in enumerate(lengths)], object)
+        batches.append({"text": texts, "task_id": rng.integers(0, 2, size).astype(np.int32), "label": np.arange(size)})
+    return batches
+
+
+def padded_per_real(batches: list[dict]) -> float:
+    lengths = [np.array([len(ids) for ids in batch["input_ids"]]) for batch in batches]
+    return sum(len(x) * x.max() for x in lengths) / sum(x.sum() for x in lengths)
+
+
+def test_window_sorts_rows_without_losing_or_resizing_anything(tokenizer):
+    source = row_batches(count=20, size=16)
+    grouped = list(length_grouped(source, tokenizer, max_seq_length=64, window=10, seed=0))
+    random_order = list(length_grouped(source, tokenizer, max_seq_length=64, window=0, seed=0))
+    assert [len(batch["task_id"]) for batch in grouped] == [16] * 20
+    decode = lambda batch: sorted(tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True))  # noqa: E731
+    assert sorted(sum((decode(b) for b in grouped), [])) == sorted(sum((decode(b) for b in random_order), []))
+    assert sum(int((b["task_id"] == 1).sum()) for b in grouped) == sum(int((b["task_id"] == 1).sum()) for b in source)
+    assert padded_per_real(random_order) > 1.5 and padded_per_real(grouped) < 1.1
+    # Within a window the batches come out in shuffled order, not shortest first.
+    longest = [max(len(ids) for ids in batch["input_ids"]) for batch in grouped[:10]]
+    assert longest != sorted(longest)
+
+
+def test_window_zero_keeps_the_stream_as_it_came(tokenizer):
+    source = row_batches(count=3, size=4)
+    out = list(length_grouped(source, tokenizer, max_seq_length=64, window=0, seed=0))
+    for before, after in zip(source, out, strict=True):
+        texts = tokenizer.batch_decode(after["input_ids"], skip_special_tokens=True)
+        assert texts == [text.replace("-", " - ") for text in before["text"]]
+        assert (after["task_id"] == before["task_id"]).all() and (after["label"] == before["label"]).all()
+
+
+def test_labels_travel_with_their_text(tokenizer):
+    source = row_batches(count=8, size=8)
+    label_of = {text: label for batch in source for text, label in zip(batch["text"], batch["label"], strict=True)}
+    for batch in length_grouped(source, tokenizer, max_seq_length=64, window=8, seed=1):
+        for ids, label in zip(batch["input_ids"], batch["label"], strict=True):
+            text = tokenizer.decode(ids, skip_special_tokens=True).replace(" - ", "-")
+            assert label_of[text] == label
