@@ -15,6 +15,8 @@ from itertools import islice
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from mtl.data.tokenization import token_ids
+
 # A row batch: text (object), task_id (int32), label (int64).
 # A token batch: input_ids (list of unpadded id lists), task_id, label; padded only when it goes to the device.
 Batch = dict[str, np.ndarray]
@@ -45,7 +47,7 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
     texts = np.concatenate([batch["text"] for batch in group]).tolist()
     task_ids = np.concatenate([batch["task_id"] for batch in group])
     labels = np.concatenate([batch["label"] for batch in group])
-    ids = tokenizer(texts, truncation=True, max_length=max_seq_length, return_token_type_ids=False)["input_ids"]
+    ids = token_ids(tokenizer, texts, max_seq_length)
     order = np.arange(len(ids))
     if by_length:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))

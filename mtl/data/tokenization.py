@@ -1,4 +1,7 @@
-"""A batch of texts -> `input_ids`, `attention_mask`; shared by training, serving and batch jobs."""
+"""Texts -> token ids -> padded tensors: the one tokenisation of training, validation, serving and batch jobs.
+
+Ids are produced unpadded (so batches can be grouped by length first) and padded per batch to its longest row.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,18 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_seq_length: int) -> list[list[int]]:
+    """Unpadded ids per text ([CLS] ... [SEP]), truncated at `max_seq_length`."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_seq_length, return_token_type_ids=False)
+    return encoded["input_ids"]
+
+
+def pad(tokenizer: PreTrainedTokenizerBase, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask`, (B, T) each, padded to the longest row."""
+    padded = tokenizer.pad({"input_ids": list(ids)}, return_tensors="pt")
+    return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+
+
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_seq_length: int) -> dict[str, torch.Tensor]:
     """Truncate at `max_seq_length`, pad to the longest text in the batch."""
-    encoded = tokenizer(
-        list(texts),
-        padding="longest",
-        truncation=True,
-        max_length=max_seq_length,
-        return_tensors="pt",
-        return_token_type_ids=False,
-    )
-    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}  # (B, T) each
+    return pad(tokenizer, token_ids(tokenizer, texts, max_seq_length))

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from mtl.data.tokenization import tokenize
+from mtl.data.tokenization import pad, token_ids
 from mtl.model.heads import build_heads, load_head_into
 from mtl.model.pooling import cosine_similarity, normalize, pool
 
@@ -145,30 +145,20 @@ class ExportedModel:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def pooled(self, texts: Sequence[str], pooling: str | None = None) -> torch.Tensor:
-        """Un-normalised sentence vectors `(B, H)` float32; `pooling` overrides the export's (comparisons only)."""
-        tokens = tokenize(self.tokenizer, texts, self.max_seq_length)
-        return self._pooled_tokens(tokens, pooling)
-
-    def _pooled_tokens(self, tokens: dict[str, torch.Tensor], pooling: str | None) -> torch.Tensor:
-        tokens = {key: value.to(self.device) for key, value in tokens.items()}
-        with self._autocast():
-            hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
-        return pool(pooling or self.pooling, hidden.float(), tokens["attention_mask"])  # (B, H)
-
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64, pooling: str | None = None) -> torch.Tensor:
         """Un-normalised vectors for any number of texts, in their order; batches group similar lengths."""
         if not texts:
             return torch.zeros(0, self.dim)
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length, padding=False)["input_ids"]
+        ids = token_ids(self.tokenizer, texts, self.max_seq_length)
         order = np.argsort([len(row) for row in ids], kind="stable")
         out = torch.empty(len(texts), self.dim)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            padded = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
-            tokens = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
-            out[torch.as_tensor(chunk)] = self._pooled_tokens(tokens, pooling).cpu()
+            tokens = {key: value.to(self.device) for key, value in pad(self.tokenizer, [ids[i] for i in chunk]).items()}
+            with self._autocast():
+                hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
+            pooled = pool(pooling or self.pooling, hidden.float(), tokens["attention_mask"])  # (B, H)
+            out[torch.as_tensor(chunk)] = pooled.cpu()
         return out
 
     def embed(self, texts: Sequence[str], normalized: bool = True, pooling: str | None = None) -> np.ndarray:

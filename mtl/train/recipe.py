@@ -22,6 +22,7 @@ from transformers import set_seed
 
 from mtl.config import Config, validate_config
 from mtl.data.length_grouping import Batch, TokenBatch, length_grouped
+from mtl.data.tokenization import pad
 from mtl.model.backbone import load_tokenizer, starting_encoder_dir
 from mtl.model.multitask import MultiTaskModel, build_model
 from mtl.model.strategies import apply_strategy, format_report, parameter_report
@@ -64,7 +65,7 @@ def import_deepspeed(use_gpu: bool):
 
 def to_device(batch: TokenBatch, tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
     """Pad a token batch to its longest row and move it to the device."""
-    padded = tokenizer.pad({"input_ids": batch["input_ids"]}, return_tensors="pt")
+    padded = pad(tokenizer, batch["input_ids"])
     return {
         "input_ids": padded["input_ids"].to(device),  # (B, T)
         "attention_mask": padded["attention_mask"].to(device),  # (B, T)
