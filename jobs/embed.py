@@ -49,7 +49,9 @@ def parse_options(argv: list[str] | None) -> EmbedOptions:
     try:
         return EmbedOptions.model_validate(options)
     except ValidationError as error:
-        parser.error("; ".join(f"--{str(item['loc'][0]).replace('_', '-')}: {item['msg']}" for item in error.errors()))
+        flag = {"inputs": "input", "normalize": "no-normalize"}
+        names = [flag.get(str(item["loc"][0]), str(item["loc"][0]).replace("_", "-")) for item in error.errors()]
+        parser.error("; ".join(f"--{name}: {item['msg']}" for name, item in zip(names, error.errors(), strict=True)))
 
 
 def main(argv: list[str] | None = None) -> dict:

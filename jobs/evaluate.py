@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate_export(args.model, args.data, args.stsb, args.compare_pooling, args.plots)
     for task, metrics in result.get("tasks", {}).items():
         print(f"{task}: accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} n={metrics['count']}")
-        print(f"  confusion (rows = true, columns = predicted): {metrics['confusion']}")
+        labels = result["labels"][task]
+        print(f"  confusion (rows = true {labels}, columns = predicted): {metrics['confusion']}")
     for mode, value in result.get("stsb_spearman", {}).items():
         print(f"STS-B Spearman ({mode} pooling): {value:.4f}")
     print(json.dumps(result))

@@ -139,6 +139,9 @@ class TrainConfig(Section):
     """Training precision; bf16 runs on CPUs with avx512-bf16/AMX and on recent GPUs."""
     compile: bool = False
     """torch.compile the encoder (dynamic shapes); the compile time is paid at the start of every run."""
+    profile_phases: bool = False
+    """On GPUs, synchronise at every phase boundary so per-phase step times are exact (slows training; CPU times are
+    always exact)."""
     seed: int = 0
     """Seed for weights, sampling and shuffling."""
     eval_every: int = Field(200, ge=1)
@@ -233,6 +236,16 @@ class Config(Section):
             raise ValueError("train.precision=fp16 needs a GPU (scaling.use_gpu=true); use bf16 or fp32 on CPU")
         if self.deepspeed.autocast and self.train.precision == "fp32":
             raise ValueError("deepspeed.autocast needs train.precision bf16 or fp16 (it picks the autocast dtype)")
+        if self.deepspeed.autocast and self.train.precision == "fp16" and self.deepspeed.zero_stage >= 1:
+            raise ValueError(
+                "deepspeed.autocast with train.precision=fp16 has no loss scaling under ZeRO >= 1; "
+                "use train.precision=bf16 or deepspeed.autocast=false"
+            )
+        if self.train.compile and self.deepspeed.zero_stage == 3:
+            raise ValueError(
+                "train.compile is not supported with deepspeed.zero_stage=3 (parameters are gathered "
+                "by hooks the compiled graph would bypass); use zero_stage <= 2 or train.compile=false"
+            )
         if self.deepspeed.offload_optimizer and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
         return self

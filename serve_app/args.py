@@ -26,7 +26,7 @@ class AppArgs(BaseModel):
     max_chars: int = Field(2000, ge=1)
     """Characters per text; longer is 413."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """Encoder compute: bf16 autocast pays off on AMX/avx512-bf16 CPUs and GPUs (measured in bench_serve)."""
+    """Encoder compute: bf16 autocast pays off on AMX/avx512-bf16 CPUs and GPUs (measured by jobs.bench.serve)."""
     encoder_replicas: int = Field(1, ge=1)
     encoder_cpus: float = Field(1.0, gt=0)
     encoder_gpus: float = Field(0.0, ge=0)

@@ -13,7 +13,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from mtl.inference import label_entries, normalize_rows, pair_cosine
+from mtl.inference import label_entries, normalize_rows, pair_cosine, select_tasks
 from serve_app.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -109,10 +109,10 @@ class Ingress:
     @api.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(check_token)])
     async def predict(self, body: PredictRequest) -> dict:
         self._check_limits(body.texts, "texts")
-        tasks = list(dict.fromkeys(body.tasks or self.heads))
-        unknown = [task for task in tasks if task not in self.heads]
-        if unknown:
-            raise HTTPException(status_code=422, detail=f"tasks: unknown task(s) {unknown}; known: {list(self.heads)}")
+        try:
+            tasks = select_tasks(list(self.heads), body.tasks)
+        except ValueError as error:
+            raise HTTPException(status_code=422, detail=f"tasks: {error}") from error
         pooled = await self._pooled(body.texts)
         outputs = await asyncio.gather(*(self._call(self.heads[task].remote(pooled)) for task in tasks))
         entries = {

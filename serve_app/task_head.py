@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 from ray import serve
 
-from mtl.inference import head_probabilities, load_task_head
+from mtl.inference import head_path, head_probabilities, load_task_head
 
 
 @serve.deployment
@@ -31,7 +30,7 @@ class TaskHead:
         """Load `head_file` (or the export's own); a wrong shape keeps the old head and fails the update."""
         head_file = user_config.get("head_file")
         self.head = load_task_head(self.model_dir, self.task, head_file)
-        path = Path(head_file or Path(self.model_dir) / "heads" / f"{self.task}.safetensors")
+        path = head_path(self.model_dir, self.task, head_file)
         self.source = {"head_file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
 
     def __call__(self, pooled: np.ndarray) -> np.ndarray:

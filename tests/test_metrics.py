@@ -38,3 +38,16 @@ def test_progress_shows_head_and_backbone_top_and_bottom_lr(make_config):
     line = progress_line(10, 100, {"sentiment": 0.5, "topic": 1.25}, optimizer.param_groups, 320, started=0.0)
     assert line.startswith("step 10/100 loss/sentiment=0.5000 loss/topic=1.2500 lr/head:sentiment=1.00e-03")
     assert line.count("lr/") == 4
+
+
+def test_phase_timer_charges_nested_time_to_the_inner_phase_only():
+    from mtl.train.progress import PhaseTimer
+
+    clock = iter([0.0, 1.0, 3.0, 6.0, 10.0])  # enter outer, enter inner, leave inner, leave outer, ...
+    timer = PhaseTimer(sync=None)
+    timer._now = lambda: next(clock)  # a fake clock: the arithmetic, not the machine, is under test
+    with timer.phase("backward"):
+        with timer.phase("grad_sync"):
+            pass
+    assert timer.take() == {"backward": 1.0 + 3.0, "grad_sync": 2.0}
+    assert timer.take() == {}

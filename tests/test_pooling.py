@@ -51,3 +51,20 @@ def test_auto_on_bundled_default_is_mean():
     from mtl.model.backbone import bundled_default_dir
 
     assert resolve_pooling("auto", bundled_default_dir()) == "mean"
+
+
+def test_declared_pooling_errors_name_the_file(tmp_path):
+    import json
+
+    import pytest
+
+    (tmp_path / "1_Pooling").mkdir()
+    config = tmp_path / "1_Pooling" / "config.json"
+    config.write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": False}))
+    with pytest.raises(ValueError, match=r"1_Pooling/config.json: declares no pooling mode; set model.pooling"):
+        resolve_pooling("auto", tmp_path)
+    config.write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": "mean_sqrt_len_tokens"}))
+    with pytest.raises(ValueError, match=r"1_Pooling/config.json: declares pooling 'mean_sqrt_len_tokens'"):
+        resolve_pooling("auto", tmp_path)
+    config.write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": "max"}))  # what exports now write
+    assert resolve_pooling("auto", tmp_path) == "max"

@@ -1,14 +1,17 @@
 """Benchmark: batch embedding throughput of sentence-transformers vs our path (fp32, bf16), same texts, one run.
 
-    python -m jobs.bench.embed [--model EXPORT] [--data PARQUET_GLOB] [--rows 4000]
+    python -m jobs.bench.embed [--model EXPORT] [--cases short,long] [--skip-job]
 
-(a) `SentenceTransformer(export).encode` at its default batch size, fp32;
-(b) the batch job's callable (`mtl.batch_embed.EmbedBatch`, what each Ray Data actor runs) in fp32;
-(c) the same in bf16; steady-state sentences/s after a warm-up, in this process with the same threads.
-Then the whole `jobs.embed` path on a local Ray (wall time including Ray start) in fp32 and bf16.
-Prints a table, the ratios against (a), and the cosine agreement of (b), (c) with (a).
-Default data: ../shared/data/sst2 when present, else the bundled sample. Default model: an export of the
-untouched default backbone (built once under runs/bench/).
+Two cases: `short` = 4,000 SST-2 sentences and phrases (~13 word pieces), `long` = 7,600 texts of ~50 word pieces
+(consecutive STS-B sentences joined). Per case:
+(a) `SentenceTransformer(export).encode` at its default batch size, fp32, in this process (model already loaded);
+(b) the batch job's callable (`mtl.inference.batch.EmbedBatch`, what each Ray Data actor runs) in fp32;
+(c) the same in bf16; steady-state texts/s after a warm-up, in this process with the same threads;
+(d) the whole `python -m jobs.embed` command in bf16 as a user runs it: wall time of the process, interpreter
+    start, imports, Ray start, pre-flight, Ray Data read -> actor pool -> write included.
+Prints rows/s, the ratios against (a), and the cosine agreement of (b), (c) with (a).
+Data: ../shared/data when present, else the bundled sample (repeated). Default model: an export of the untouched
+default backbone (built once under runs/bench/).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import argparse
 import glob
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,26 +31,45 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from mtl.inference.batch import EmbedBatch, EmbedOptions, run_embedding
+from mtl.inference.batch import EmbedBatch, EmbedOptions
 
 SHARED_SST2 = "../shared/data/sst2/train-*.parquet"
+SHARED_STSB = "../shared/data/stsb/train.parquet"
 SAMPLE = "data/sample/sentiment.tsv"
+CASES = {"short": 4000, "long": 7600}
 
 
 def load_texts(pattern: str | None, rows: int) -> tuple[list[str], str]:
+    """`rows` texts from the `text` column of a Parquet glob (default: shared SST-2, else the sample, repeated)."""
     if pattern is None:
         pattern = SHARED_SST2 if glob.glob(SHARED_SST2) else None
     if pattern is None:
         lines = Path(SAMPLE).read_text().splitlines()
         texts = [line.split("\t")[0] for line in lines[1:]]
         return (texts * (rows // len(texts) + 1))[:rows], SAMPLE + " (repeated)"
-    files = sorted(glob.glob(pattern))
     texts: list[str] = []
-    for path in files:
+    for path in sorted(glob.glob(pattern)):
         texts += pq.read_table(path, columns=["text"]).column("text").to_pylist()
         if len(texts) >= rows:
             break
     return texts[:rows], pattern
+
+
+def long_texts(rows: int, words: int = 34) -> tuple[list[str], str]:
+    """Texts of ~50 word pieces: consecutive STS-B sentences (else sample sentences) joined to ~`words` words."""
+    if Path(SHARED_STSB).is_file():
+        table = pq.read_table(SHARED_STSB)
+        sentences, source = table.column("sentence1").to_pylist() + table.column("sentence2").to_pylist(), SHARED_STSB
+    else:
+        sentences, source = load_texts(None, 2000)[0], SAMPLE
+    texts, current, index = [], [], 0
+    while len(texts) < rows:
+        current.append(sentences[index % len(sentences)])
+        index += 1
+        if sum(len(sentence.split()) for sentence in current) >= words:
+            texts.append(" ".join(current))
+            current = []
+    return texts, f"{source} (sentences joined to ~{words} words)"
 
 
 def default_export() -> Path:
@@ -69,21 +93,29 @@ def timed(function, warmup_texts, texts) -> tuple[float, np.ndarray]:
     return len(texts) / (time.perf_counter() - started), vectors
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="export directory (default: the untouched default backbone)")
-    parser.add_argument("--data", help="Parquet glob with a `text` column (default: shared SST-2 or the sample)")
-    parser.add_argument("--rows", type=int, default=4000)
-    parser.add_argument("--skip-ray", action="store_true", help="only the in-process comparison")
-    args = parser.parse_args(argv)
-    model = Path(args.model) if args.model else default_export()
-    texts, source = load_texts(args.data, args.rows)
-    warmup = texts[:64]
-    print(f"{len(texts)} texts from {source}; model {model}; torch threads {torch.get_num_threads()}")
+def whole_job(model: Path, texts: list[str], precision: str) -> dict:
+    """`python -m jobs.embed` as a user runs it, timed from process start to exit."""
+    with tempfile.TemporaryDirectory() as directory:
+        pq.write_table(pa.table({"text": texts}), f"{directory}/input.parquet")
+        command = [sys.executable, "-m", "jobs.embed", "--model", str(model), "--input", f"{directory}/input.parquet",
+                   "--output", f"{directory}/out", "--precision", precision]  # fmt: skip
+        env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+        started = time.perf_counter()
+        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"jobs.embed failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-3000:]}")
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {"wall_s": wall, "rows_per_s": len(texts) / wall, "job_s_after_ray_start": summary["seconds"]}
 
+
+def run_case(name: str, model: Path, texts: list[str], source: str, job: bool) -> dict:
     from sentence_transformers import SentenceTransformer
 
+    print(f"\n=== {name}: {len(texts)} texts from {source}")
+    warmup = texts[:64]
     st_model = SentenceTransformer(str(model), device="cpu")
+    lengths = [len(ids) for ids in st_model.tokenizer(texts[:2000])["input_ids"]]
     rates: dict[str, float] = {}
     rates["a_sentence_transformers_fp32"], reference = timed(
         lambda batch: st_model.encode(batch, normalize_embeddings=True), warmup, texts
@@ -99,45 +131,36 @@ def main(argv: list[str] | None = None) -> dict:
         rates[key], vectors = timed(run, warmup, texts)
         cosine = (vectors * reference).sum(axis=1)
         agreement[precision] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
+    jobs = {"bf16": whole_job(model, texts, "bf16")} if job else {}
+    for precision, timing in jobs.items():
+        rates[f"d_jobs_embed_{precision}_whole_process"] = timing["rows_per_s"]
     base = rates["a_sentence_transformers_fp32"]
-    print(f"\n{'path':<34} {'sentences/s':>12} {'vs (a)':>8}")
+    print(f"mean word pieces {np.mean(lengths):.1f}; {'path':<40} {'texts/s':>9} {'vs (a)':>8}")
     for key, rate in rates.items():
-        print(f"{key:<34} {rate:>12.1f} {rate / base:>7.2f}x")
+        print(f"  {key:<40} {rate:>9.1f} {rate / base:>7.2f}x")
     for precision, values in agreement.items():
-        print(f"cosine vs (a), {precision}: min {values['min_cosine']:.5f} mean {values['mean_cosine']:.5f}")
-    result = {"texts": len(texts), "source": source, "model": str(model), "rates": rates, "agreement": agreement}
-    if not args.skip_ray:
-        result["ray_job"] = ray_job(model, texts)
+        print(f"  cosine vs (a), {precision}: min {values['min_cosine']:.5f} mean {values['mean_cosine']:.5f}")
+    for precision, timing in jobs.items():
+        print(f"  jobs.embed {precision}: {timing['wall_s']:.1f} s whole process, "
+              f"{timing['job_s_after_ray_start']:.1f} s of it after Ray start")  # fmt: skip
+    return {"texts": len(texts), "source": source, "mean_word_pieces": float(np.mean(lengths)), "rates": rates,
+            "agreement": agreement, "jobs": jobs}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="export directory (default: the untouched default backbone)")
+    parser.add_argument("--cases", default="short,long", help="comma-separated: short, long")
+    parser.add_argument("--skip-job", action="store_true", help="only the in-process comparison")
+    args = parser.parse_args(argv)
+    model = Path(args.model) if args.model else default_export()
+    print(f"model {model}; torch threads {torch.get_num_threads()}; cores {os.cpu_count()}")
+    result = {}
+    for name in args.cases.split(","):
+        texts, source = load_texts(None, CASES[name]) if name == "short" else long_texts(CASES[name])
+        result[name] = run_case(name, model, texts, source, job=not args.skip_job)
     print(json.dumps(result))
     return result
-
-
-def ray_job(model: Path, texts: list[str]) -> dict:
-    """The full job (pre-flight, Ray Data read -> actor pool -> write) on a local Ray, wall time incl. Ray start."""
-    import ray
-
-    timings = {}
-    with tempfile.TemporaryDirectory() as directory:
-        pq.write_table(pa.table({"text": texts}), f"{directory}/input.parquet")
-        started = time.perf_counter()
-        ray.init(runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-        timings["ray_start_s"] = time.perf_counter() - started
-        for precision in ("fp32", "bf16"):
-            options = EmbedOptions(
-                model=str(model),
-                inputs=[f"{directory}/input.parquet"],
-                output=f"{directory}/out-{precision}",
-                precision=precision,
-                threads=os.cpu_count(),
-            )
-            summary = run_embedding(options)
-            timings[precision] = {"job_s": summary["seconds"], "rows_per_s": summary["rows_per_s"]}
-            print(f"jobs.embed on Ray ({precision}): {summary['seconds']:.1f} s for {len(texts)} rows "
-                  f"({summary['rows_per_s']:.1f} rows/s end to end, after Ray start)")  # fmt: skip
-        ray.shutdown()
-    timings["wall_incl_ray_start_s"] = time.perf_counter() - started
-    print(f"Ray start {timings['ray_start_s']:.1f} s; wall incl. Ray start {timings['wall_incl_ray_start_s']:.1f} s")
-    return timings
 
 
 if __name__ == "__main__":

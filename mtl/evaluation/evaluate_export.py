@@ -29,7 +29,7 @@ def evaluate_export(
 ) -> dict:
     """Per-task accuracy, macro-F1 and confusion (with PNGs) on `data`; STS-B Spearman per pooling on `stsb`."""
     model = ExportedModel.load(model_dir)
-    result: dict = {"model": model_dir, "pooling": model.pooling}
+    result: dict = {"model": model_dir, "pooling": model.pooling, "labels": model.labels}
     if data:
         config = rows_config(model, source=f"{model_dir}/mtl.json")
         rows, row_report = read_validated(data, config, "--data")

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mtl.data.contract import DataError, expand_paths
-from mtl.inference.exported_model import ExportedModel, normalize_rows, read_manifest
+from mtl.inference.exported_model import ExportedModel, normalize_rows, read_manifest, select_tasks
 
 
 class EmbedOptions(BaseModel):
@@ -30,7 +30,7 @@ class EmbedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str
-    inputs: list[str] = Field(min_length=1)
+    inputs: list[str]
     output: str
     text_column: str = "text"
     keep_columns: list[str] = Field(default_factory=list)
@@ -84,12 +84,12 @@ def check_inputs(options: EmbedOptions) -> tuple[list[str], dict]:
 
 def resolve_tasks(known: list[str], tasks: list[str]) -> list[str]:
     """[] -> no scoring; ["all"] -> every task of the export; else names checked against the export's tasks."""
-    if tasks == ["all"]:
-        return list(known)
-    unknown = [name for name in tasks if name not in known]
-    if unknown:
-        raise ValueError(f"--tasks: unknown task(s) {unknown}; this model has {list(known)}")
-    return list(tasks)
+    if not tasks:
+        return []
+    try:
+        return select_tasks(known, None if tasks == ["all"] else tasks)
+    except ValueError as error:
+        raise ValueError(f"--tasks: {error}") from error
 
 
 class EmbedBatch:

@@ -11,6 +11,7 @@ export/
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,7 +42,13 @@ def _sentence_transformers_files(directory: Path, pooling: str, max_seq_length: 
     transformer = Transformer(str(directory), max_seq_length=max_seq_length)
     pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
     model = SentenceTransformer(modules=[transformer, pooler, Normalize()], device="cpu")
-    model.save(str(directory), create_model_card=False)
+    quiet = logging.getLogger("sentence_transformers")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "Saving model to ..." line: our caller reports the export itself
+    try:
+        model.save(str(directory), create_model_card=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Path, metrics: dict, steps: int) -> Path:

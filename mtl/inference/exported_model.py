@@ -52,12 +52,26 @@ def model_info(manifest: dict) -> dict:
     }
 
 
+def select_tasks(known: Sequence[str], requested: Sequence[str] | None) -> list[str]:
+    """`None`/empty -> every known task; otherwise the requested names (repeats dropped), each checked."""
+    tasks = list(dict.fromkeys(requested)) if requested else list(known)
+    unknown = [name for name in tasks if name not in known]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known: {list(known)}")
+    return tasks
+
+
+def head_path(export_dir: str | Path, task: str, head_file: str | Path | None = None) -> Path:
+    """`head_file` if given, else the export's own `heads/<task>.safetensors`."""
+    return Path(head_file) if head_file else Path(export_dir) / "heads" / f"{task}.safetensors"
+
+
 def load_task_head(export_dir: str | Path, task: str, head_file: str | Path | None = None) -> nn.Linear:
-    """One task's head from `head_file` (default: the export's `heads/<task>.safetensors`), shape-checked."""
+    """One task's head from `head_path(...)`, shape-checked against the export's labels."""
     manifest = read_manifest(export_dir)
     if task not in manifest["tasks"]:
         raise ValueError(f"{export_dir}: no task {task!r}; the export has {list(manifest['tasks'])}")
-    path = Path(head_file) if head_file else Path(export_dir) / "heads" / f"{task}.safetensors"
+    path = head_path(export_dir, task, head_file)
     head = build_heads(int(manifest["hidden_size"]), {task: len(manifest["tasks"][task]["labels"])})[task]
     load_head_into(head, path)  # raises naming the file on a shape mismatch
     return head.eval()
@@ -165,20 +179,12 @@ class ExportedModel:
         pooled = self.encode(texts, pooling=pooling).numpy()
         return normalize_rows(pooled) if normalized else pooled
 
-    def check_tasks(self, tasks: Sequence[str] | None) -> list[str]:
-        """`None`/empty -> every task; otherwise the names, each checked against the export's tasks."""
-        tasks = list(tasks) if tasks else list(self.labels)
-        unknown = [name for name in tasks if name not in self.labels]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; this model has {list(self.labels)}")
-        return tasks
-
     def head_probabilities(self, pooled: torch.Tensor | np.ndarray, tasks: Sequence[str]) -> dict[str, np.ndarray]:
         return {name: head_probabilities(self.heads[name], pooled) for name in tasks}
 
     def predict(self, texts: Sequence[str], tasks: Sequence[str] | None = None) -> list[dict]:
         """Per text: task -> label name, label id and every label's probability."""
-        tasks = self.check_tasks(tasks)
+        tasks = select_tasks(list(self.labels), tasks)
         probabilities = self.head_probabilities(self.encode(texts), tasks)
         entries = {name: label_entries(self.labels[name], probabilities[name]) for name in tasks}
         return [{name: entries[name][row] for name in tasks} for row in range(len(texts))]

@@ -46,17 +46,23 @@ def declared_pooling(backbone_dir: Path) -> str | None:
     modules_file = Path(backbone_dir) / "modules.json"
     modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
     paths = [module["path"] for module in modules if module.get("type", "").endswith("Pooling")] or ["1_Pooling"]
-    pooling_dir = Path(backbone_dir) / paths[0]
-    if not (pooling_dir / "config.json").is_file():
+    config_file = Path(backbone_dir) / paths[0] / "config.json"
+    if not config_file.is_file():
         return None
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    mode = Pooling.load(str(pooling_dir), local_files_only=True).pooling_mode
+    hint = f"set model.pooling to one of {POOLING_MODES} explicitly"
+    flags = {
+        key: value for key, value in json.loads(config_file.read_text()).items() if key.startswith("pooling_mode_")
+    }
+    if flags and not any(flags.values()):  # the older format with every mode off: sentence-transformers would pick one
+        raise ValueError(f"{config_file}: declares no pooling mode; {hint}")
+    try:
+        mode = Pooling.load(str(config_file.parent), local_files_only=True).pooling_mode
+    except ValueError as error:
+        raise ValueError(f"{config_file}: {error}; {hint}") from error
     if mode not in POOLING_MODES:
-        raise ValueError(
-            f"{pooling_dir / 'config.json'}: declares pooling {mode!r}; "
-            f"set model.pooling to one of {POOLING_MODES} explicitly"
-        )
+        raise ValueError(f"{config_file}: declares pooling {mode!r}; {hint}")
     return mode
 
 

@@ -82,7 +82,10 @@ def token_batches(batches: Iterable[Batch], tokenizer, config: Config, seed: int
 
 
 def time_grad_sync(engine, timer: PhaseTimer) -> None:
-    """Charge DeepSpeed's gradient reduction (called inside backward and step) to the `grad_sync` phase."""
+    """Charge DeepSpeed's gradient reduction (called inside backward and step) to the `grad_sync` phase.
+
+    ZeRO-3 reduce-scatters inside backward hooks: there that time is counted as `backward`.
+    """
     engine.allreduce_gradients = timer.timed("grad_sync", engine.allreduce_gradients)  # ZeRO-0 and 1
     if hasattr(engine.optimizer, "average_tensor"):  # ZeRO-2 bucket reduce-scatter
         engine.optimizer.average_tensor = timer.timed("grad_sync", engine.optimizer.average_tensor)
@@ -163,7 +166,8 @@ def run_training(config_data: dict, session: Session) -> dict:
     step, best = resume(engine, session)
 
     writer = _tensorboard(session)
-    timer = PhaseTimer(torch.cuda.synchronize if engine.device.type == "cuda" else None)
+    exact_gpu_times = engine.device.type == "cuda" and config.train.profile_phases
+    timer = PhaseTimer(torch.cuda.synchronize if exact_gpu_times else None)
     time_grad_sync(engine, timer)
     batches = token_batches(session.train_batches(), tokenizer, config, config.train.seed + session.rank, timer)
     loss_weights = {name: task.loss_weight for name, task in config.tasks.items()}
@@ -221,7 +225,7 @@ def run_training(config_data: dict, session: Session) -> dict:
                     for key, value in flatten(metrics, "validation/").items():
                         writer.add_scalar(key, value, step)
             has_rows = any(task["count"] for task in metrics.values())
-            if has_rows and selection_score(metrics) > best:  # same on every rank: metrics are all-reduced
+            if has_rows and selection_score(metrics) > best:  # same on every rank: rows are gathered
                 best = selection_score(metrics)
                 path = export_snapshot(engine, session, config, tokenizer, "best", metrics, step)
                 if path:
