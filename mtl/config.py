@@ -107,6 +107,16 @@ class FinetuneConfig(Section):
     """LoRA settings, used when `strategy: lora`."""
 
 
+class RetainConfig(Section):
+    method: Literal["none", "distill", "l2sp"] = "none"
+    """Retention term in the loss: none; distill = mean(1 - cos) of pooled vectors to the frozen starting encoder's;
+    l2sp = squared distance of the trainable encoder weights from their starting values."""
+    weight: float = Field(1.0, ge=0)
+    """Multiplier of the retention term."""
+    max_stsb_drop: float | None = Field(None, ge=0)
+    """STS-B Spearman budget (needs data.stsb): "best" = best task score among validations that lost at most this."""
+
+
 class OptimConfig(Section):
     head_lr: float = Field(1e-3, gt=0)
     """Peak learning rate of the task heads."""
@@ -203,6 +213,8 @@ class Config(Section):
     """Where rows come from and how tasks are mixed."""
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     """What trains."""
+    retain: RetainConfig = Field(default_factory=RetainConfig)
+    """How much of the starting encoder's general knowledge training must keep."""
     optim: OptimConfig = Field(default_factory=OptimConfig)
     """Learning rates, decay and schedule."""
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100))
@@ -232,6 +244,15 @@ class Config(Section):
                 "nothing to train: finetune.strategy=head_only freezes the backbone and finetune.freeze_heads "
                 "freezes every head; remove a task from finetune.freeze_heads or change finetune.strategy"
             )
+        if self.retain.max_stsb_drop is not None and not self.data.stsb:
+            raise ValueError("retain.max_stsb_drop needs data.stsb (the STS-B file validation measures retention on)")
+        if self.retain.method != "none" and self.finetune.strategy == "head_only":
+            raise ValueError(
+                f"retain.method={self.retain.method} with finetune.strategy=head_only: the encoder does "
+                "not train, so there is nothing to retain; set retain.method=none"
+            )
+        if self.retain.method == "l2sp" and self.deepspeed.zero_stage == 3:
+            raise ValueError("retain.method=l2sp needs whole parameters on every rank; use deepspeed.zero_stage <= 2")
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision=fp16 needs a GPU (scaling.use_gpu=true); use bf16 or fp32 on CPU")
         if self.deepspeed.autocast and self.train.precision == "fp32":

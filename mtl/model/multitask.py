@@ -23,10 +23,11 @@ class MultiTaskModel(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         return pool(self.pooling, hidden, attention_mask)  # (B, H)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits `(B, n_labels)` of every task for every row."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_pooled: bool = False):
+        """Logits `(B, n_labels)` of every task for every row; with `return_pooled`, also the pooled `(B, H)`."""
         pooled = self.pooled(input_ids, attention_mask)
-        return {name: head(pooled) for name, head in self.heads.items()}
+        logits = {name: head(pooled) for name, head in self.heads.items()}
+        return (logits, pooled) if return_pooled else logits
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised sentence embeddings `(B, H)` for similarity."""

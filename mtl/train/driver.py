@@ -99,4 +99,5 @@ def train_on_ray(config: Config) -> dict:
         "steps": manifest["provenance"]["steps"],
         "rows": train_report.as_dict(),
         "metrics": manifest["metrics"],
+        **({"retention": report["retention"]} if "retention" in report else {}),
     }

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 # Where a training step goes, in the order a step meets them.
-PHASES = ("data_wait", "tokenize", "forward", "backward", "grad_sync", "optimizer")
+PHASES = ("data_wait", "tokenize", "forward", "teacher", "backward", "grad_sync", "optimizer")
 
 
 class PhaseTimer:

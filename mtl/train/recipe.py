@@ -7,6 +7,7 @@ place to report. `mtl.train.ray_session` drives it under Ray Train; `mtl.train.l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -31,6 +32,7 @@ from mtl.train.losses import multitask_loss
 from mtl.train.optim import build_optimizer, build_scheduler
 from mtl.train.progress import PhaseTimer, Throughput, flatten, progress_line
 from mtl.train.report import append_history
+from mtl.train.retention import StsbProbe, Teacher, distill_loss, l2sp_loss
 from mtl.train.validation import evaluate, selection_score
 
 
@@ -98,23 +100,50 @@ def validate(engine, session: Session, tokenizer, config: Config) -> dict:
     return evaluate(engine, inputs, config, session.world_size)
 
 
-def save_checkpoint(engine, session: Session, step: int, metrics: dict, best: float) -> None:
-    """Every rank writes its DeepSpeed shard into its own temp dir and reports it."""
+def save_checkpoint(engine, session: Session, step: int, metrics: dict, state: dict) -> None:
+    """Every rank writes its DeepSpeed shard into its own temp dir and reports it; `state` rides along."""
     with tempfile.TemporaryDirectory(prefix="mtl-ckpt-") as directory:
-        engine.save_checkpoint(directory, tag="state", client_state={"step": step, "best": best})
+        engine.save_checkpoint(directory, tag="state", client_state={"step": step, **state})
         session.report({"step": step, **flatten(metrics)}, checkpoint_dir=directory)
 
 
-def resume(engine, session: Session) -> tuple[int, float]:
-    """Load the session's latest checkpoint if any; return the step to continue from and the best score."""
+def resume(engine, session: Session) -> tuple[int, dict]:
+    """Load the session's latest checkpoint if any; return the step to continue from and the loop's state
+    (best selection score and the STS-B record of that best)."""
+    state = {"best": float("-inf"), "best_stsb": None}
     with session.latest_checkpoint() as directory:
         if directory is None:
-            return 0, float("-inf")
+            return 0, state
         _, client_state = engine.load_checkpoint(directory, tag="state")
         step = int(client_state["step"])
         if session.rank == 0:
             print(f"resumed from checkpoint at step {step} ({directory})", flush=True)
-        return step, float(client_state.get("best", float("-inf")))
+        return step, {key: client_state.get(key, default) for key, default in state.items()}
+
+
+def measure_stsb(engine, probe: StsbProbe | None, config: Config) -> float:
+    """STS-B Spearman of the encoder as it is now (collective); bf16/fp16 autocast when training in it."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+    autocast = torch.autocast(engine.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    was_training = engine.module.training
+    engine.module.eval()
+    with autocast:
+        value = probe.spearman(engine.module.pooled, engine.device)
+    engine.module.train(was_training)
+    return value
+
+
+def stsb_record(spearman: float, before: float) -> dict:
+    return {"spearman": spearman, "before": before, "drop": before - spearman}
+
+
+def retention_summary(final: dict, best: dict | None, budget: float | None) -> dict:
+    """STS-B of the final and best exports against the starting encoder, and whether each is within the budget."""
+    summary = {"stsb_before": final["before"], "final": final, "best": best, "max_stsb_drop": budget}
+    if budget is not None:
+        summary["final_within_budget"] = final["drop"] <= budget
+        summary["best_within_budget"] = best is not None and best["drop"] <= budget
+    return summary
 
 
 def export_snapshot(engine, session: Session, config: Config, tokenizer, name: str, metrics: dict, step: int):
@@ -152,6 +181,16 @@ def run_training(config_data: dict, session: Session) -> dict:
     model = apply_strategy(build_model(config), config.finetune)
     if session.rank == 0:
         print(format_report(parameter_report(model)), flush=True)
+    retain = config.retain
+    start_weights = (
+        {
+            name: p.detach().float().clone()
+            for name, p in model.named_parameters()
+            if p.requires_grad and "heads." not in name
+        }
+        if retain.method == "l2sp"
+        else {}
+    )
     if config.train.compile:
         model.encoder.compile(dynamic=True)  # in place: parameter names (checkpoints, export) stay as they are
     tokenizer = load_tokenizer(config.model, starting_encoder_dir(config.model))
@@ -163,7 +202,18 @@ def run_training(config_data: dict, session: Session) -> dict:
         lr_scheduler=scheduler,
         config=deepspeed_config(config),
     )
-    step, best = resume(engine, session)
+    teacher = (
+        Teacher(build_model(config), config.train.precision, engine.device) if retain.method == "distill" else None
+    )
+    probe = None
+    if config.data.stsb:
+        ranks = 1 if config.deepspeed.zero_stage == 3 else session.world_size
+        probe = StsbProbe(config.data.stsb, tokenizer, config.model.max_seq_length, session.rank % ranks, ranks)
+        stsb_before = measure_stsb(engine, probe, config)  # the starting encoder, before any checkpoint is loaded
+        if session.rank == 0:
+            print(f"STS-B Spearman of the starting encoder ({config.data.stsb}): {stsb_before:.4f}", flush=True)
+    step, state = resume(engine, session)
+    stsb = None
 
     writer = _tensorboard(session)
     exact_gpu_times = engine.device.type == "cuda" and config.train.profile_phases
@@ -174,7 +224,8 @@ def run_training(config_data: dict, session: Session) -> dict:
     smoothing = {name: task.label_smoothing for name, task in config.tasks.items()}
     rows_per_step = config.rows_per_step
     started, start_step = time.perf_counter(), step
-    running: dict[str, list[float]] = {name: [] for name in config.task_names}
+    loss_names = config.task_names + (["retain"] if retain.method != "none" else [])
+    running: dict[str, list[float]] = {name: [] for name in loss_names}
     metrics: dict = {}
     throughput = Throughput()
     engine.train()
@@ -189,8 +240,17 @@ def run_training(config_data: dict, session: Session) -> dict:
             step_tokens += inputs["input_ids"].numel() * session.world_size
             step_real_tokens += int(inputs["attention_mask"].sum()) * session.world_size
             with timer.phase("forward"):
-                logits = engine(inputs["input_ids"], inputs["attention_mask"])
+                logits, pooled = engine(inputs["input_ids"], inputs["attention_mask"], return_pooled=True)
                 loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing)
+                if retain.method == "distill":
+                    with timer.phase("teacher"):
+                        target = teacher(inputs["input_ids"], inputs["attention_mask"])
+                    per_task["retain"] = distill_loss(pooled, target)
+                elif retain.method == "l2sp":
+                    per_task["retain"] = l2sp_loss(engine.module.named_parameters(), start_weights)
+                if retain.method != "none":
+                    loss = loss + retain.weight * per_task["retain"]
+                    running["retain"].append(float(per_task["retain"].detach()))
             with timer.phase("backward"):
                 engine.backward(loss)
             with timer.phase("optimizer"):
@@ -211,35 +271,47 @@ def run_training(config_data: dict, session: Session) -> dict:
                     writer.add_scalar(f"train/loss/{name}", value, step)
                 for group in optimizer.param_groups:
                     writer.add_scalar(f"lr/{group['name']}", group["lr"], step)
-            running = {name: [] for name in config.task_names}
+            running = {name: [] for name in loss_names}
         if step % config.train.eval_every == 0 or step == total_steps:
             metrics = validate(engine, session, tokenizer, config)
+            stsb = stsb_record(measure_stsb(engine, probe, config), stsb_before) if probe else None
+            budget = retain.max_stsb_drop
+            within_budget = stsb is None or budget is None or stsb["drop"] <= budget
             if session.rank == 0:
                 summary = " ".join(
                     f"{name}: acc={m['accuracy']:.4f} f1={m['macro_f1']:.4f} loss={m['loss']:.4f}"
                     for name, m in metrics.items()
                 )
+                if stsb:
+                    summary += f" stsb: {stsb['spearman']:.4f} ({-stsb['drop']:+.4f})"
                 print(f"validation step {step}: {summary}", flush=True)
-                append_history(session.run_dir, {"kind": "validation", "step": step, "metrics": metrics})
+                record = {"kind": "validation", "step": step, "metrics": metrics, **({"stsb": stsb} if stsb else {})}
+                append_history(session.run_dir, record)
                 if writer:
-                    for key, value in flatten(metrics, "validation/").items():
+                    for key, value in flatten({**metrics, **({"stsb": stsb} if stsb else {})}, "validation/").items():
                         writer.add_scalar(key, value, step)
             has_rows = any(task["count"] for task in metrics.values())
-            if has_rows and selection_score(metrics) > best:  # same on every rank: rows are gathered
-                best = selection_score(metrics)
+            # Same on every rank: validation rows and STS-B cosines are gathered.
+            if has_rows and within_budget and selection_score(metrics) > state["best"]:
+                state.update(best=selection_score(metrics), best_stsb=stsb)
                 path = export_snapshot(engine, session, config, tokenizer, "best", metrics, step)
                 if path:
-                    print(f"best validation so far (mean macro-F1 {best:.4f}): exported {path}", flush=True)
+                    print(f"best validation so far (mean macro-F1 {state['best']:.4f}): exported {path}", flush=True)
         if step % config.train.checkpoint_every == 0 or step == total_steps:
-            save_checkpoint(engine, session, step, metrics, best)
+            save_checkpoint(engine, session, step, metrics, state)
     if not metrics:  # resumed at the last step: nothing ran, but the result still carries metrics
         metrics = validate(engine, session, tokenizer, config)
     if writer:
         writer.close()
 
-    result: dict = {"metrics": metrics, "steps": step, "best_score": best, "throughput": throughput.as_dict()}
+    result: dict = {"metrics": metrics, "steps": step, "best_score": state["best"], "throughput": throughput.as_dict()}
+    if probe:
+        final = stsb_record(measure_stsb(engine, probe, config), stsb_before) if stsb is None else stsb
+        result["retention"] = retention_summary(final, state["best_stsb"], retain.max_stsb_drop)
     if session.rank == 0 and result["throughput"]:
         append_history(session.run_dir, {"kind": "throughput", "step": step, **result["throughput"]})
+    if session.rank == 0 and "retention" in result:
+        append_history(session.run_dir, {"kind": "retention", "step": step, **result["retention"]})
     export_dir = export_snapshot(engine, session, config, tokenizer, "export", metrics, step)
     if export_dir is not None:
         result["export_dir"] = export_dir

@@ -61,18 +61,25 @@ def write_report(run_dir: Path, config: Config, export_dir: Path) -> dict:
     validation = [record for record in history if record["kind"] == "validation"]
     if train:
         steps = [record["step"] for record in train]
-        losses = {name: [record["loss"].get(name, float("nan")) for record in train] for name in config.task_names}
+        names = list(train[-1]["loss"])  # the tasks, and `retain` when a retention term is on
+        losses = {name: [record["loss"].get(name, float("nan")) for record in train] for name in names}
         curves = {name: (steps, values) for name, values in losses.items()}
-        report["figures"].append(str(plot_series(curves, "training loss per task", "cross-entropy", out / "loss.png")))
+        report["figures"].append(str(plot_series(curves, "training loss per task", "loss", out / "loss.png")))
     if validation:
         for metric in ("loss", "accuracy", "macro_f1"):
             curves = {
                 name: ([r["step"] for r in validation], [r["metrics"][name][metric] for r in validation])
                 for name in config.task_names
             }
+            if metric == "accuracy" and "stsb" in validation[-1]:  # retention beside task accuracy
+                probed = [r for r in validation if "stsb" in r]
+                curves["STS-B Spearman"] = ([r["step"] for r in probed], [r["stsb"]["spearman"] for r in probed])
             path = out / f"validation_{metric}.png"
             report["figures"].append(str(plot_series(curves, f"validation {metric} per task", metric, path)))
         report["validation"] = validation[-1]["metrics"]
+    retention = [record for record in history if record["kind"] == "retention"]
+    if retention:
+        report["retention"] = {key: value for key, value in retention[-1].items() if key not in ("kind", "step")}
     if config.data.stsb:
         before = stsb_spearman(starting_model(config), config.data.stsb)
         after = stsb_spearman(ExportedModel.load(export_dir), config.data.stsb)

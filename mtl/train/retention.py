@@ -1,0 +1,93 @@
+"""Keeping the encoder's general knowledge: a retention term in the loss and the STS-B probe that measures it.
+
+`distill`: weight x mean over the batch of (1 - cos(student pooled, teacher pooled)), the teacher being the frozen
+starting encoder (backbone or `model.init_from`) with the same tokenisation and pooling. `l2sp`: weight x the squared
+distance of the encoder's trainable weights from their starting values (Xuhong et al. 2018).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+from mtl.data.contract import DataError
+from mtl.data.tokenization import pad, token_ids
+from mtl.evaluation.stsb import STSB_COLUMNS
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """mean(1 - cos) over rows of two `(B, H)` batches; 0 when the student still embeds like the teacher."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def l2sp_loss(named_parameters: Iterable[tuple[str, nn.Parameter]], start: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of squared distances of the parameters named in `start` from their starting values."""
+    terms = [((parameter.float() - start[name]) ** 2).sum() for name, parameter in named_parameters if name in start]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+class Teacher:
+    """The frozen starting encoder + pooling: pooled vectors for a batch, no gradient, never trained."""
+
+    def __init__(self, model: nn.Module, precision: str, device: torch.device):
+        self.model = model.to(device).eval().requires_grad_(False)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            return self.model.pooled(input_ids, attention_mask).float()  # (B, H)
+
+
+class StsbProbe:
+    """STS-B Spearman of the encoder being trained, at every validation; each rank scores its share of the pairs."""
+
+    def __init__(self, path: str, tokenizer, max_seq_length: int, rank: int, world_size: int, batch_size: int = 128):
+        """`world_size` 1 makes every rank score every pair (ZeRO-3: all ranks must run the same forwards)."""
+        table = pq.read_table(path)
+        missing = sorted(set(STSB_COLUMNS) - set(table.column_names))
+        if missing:
+            raise DataError(f"data.stsb={path}: STS-B file lacks column(s) {missing} (has {table.column_names})")
+        self.scores = table.column("score").to_numpy()
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.pairs = np.array_split(np.arange(len(self.scores)), world_size)[rank]  # this rank's pair indices
+        left = token_ids(tokenizer, table.column("sentence1").take(self.pairs).to_pylist(), max_seq_length)
+        right = token_ids(tokenizer, table.column("sentence2").take(self.pairs).to_pylist(), max_seq_length)
+        self.tokenizer, self.left, self.right = tokenizer, left, right
+
+    def _pooled(self, pooled_fn, ids: list[list[int]], device: torch.device) -> torch.Tensor:
+        order = np.argsort([len(row) for row in ids], kind="stable")  # length-sorted batches pad little
+        out = None
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            tokens = {key: value.to(device) for key, value in pad(self.tokenizer, [ids[i] for i in chunk]).items()}
+            pooled = pooled_fn(tokens["input_ids"], tokens["attention_mask"]).float()  # (b, H)
+            if out is None:
+                out = torch.empty(len(ids), pooled.shape[1], device=device)
+            out[torch.as_tensor(chunk, device=device)] = pooled
+        return out if out is not None else torch.empty(0, 1, device=device)
+
+    @torch.no_grad()
+    def spearman(self, pooled_fn, device: torch.device) -> float:
+        """Spearman of cos(sentence1, sentence2) with the gold scores, over every rank's pairs (collective)."""
+        cosine = (
+            F.cosine_similarity(
+                self._pooled(pooled_fn, self.left, device), self._pooled(pooled_fn, self.right, device), dim=-1
+            )
+            .cpu()
+            .numpy()
+        )
+        if self.world_size > 1:
+            gathered: list = [None] * self.world_size
+            dist.all_gather_object(gathered, cosine)
+            cosine = np.concatenate(gathered)
+        return float(spearmanr(cosine, self.scores).statistic)  # ranks' shares are in order: pairs line up
