@@ -10,7 +10,7 @@ import copy
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -101,6 +101,9 @@ class FinetuneConfig(Section):
     """What of the backbone trains: nothing, LoRA adapters, the last N layers, or everything."""
     unfreeze_last_n_layers: int = Field(2, ge=1)
     """For `strategy: partial`, how many top encoder layers train."""
+    freeze_embeddings: bool = False
+    """Keep the encoder's embedding tables (word, position, type) as pretrained: half of MiniLM's weights, so the
+    optimizer step and gradient sync do half the work; the transformer layers still train."""
     freeze_heads: list[str] = Field(default_factory=list)
     """Task heads kept fixed (e.g. keep Task A while improving Task B)."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -115,6 +118,9 @@ class RetainConfig(Section):
     """Multiplier of the retention term."""
     max_stsb_drop: float | None = Field(None, ge=0)
     """STS-B Spearman budget (needs data.stsb): "best" = best task score among validations that lost at most this."""
+    wise_alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=list)
+    """WiSE-FT: candidate blends (1 - a) * start + a * tuned of the final encoder; the best validation task score
+    within max_stsb_drop becomes the export (needs data.validation and data.stsb). Empty: export as trained."""
 
 
 class OptimConfig(Section):
@@ -244,6 +250,8 @@ class Config(Section):
                 "nothing to train: finetune.strategy=head_only freezes the backbone and finetune.freeze_heads "
                 "freezes every head; remove a task from finetune.freeze_heads or change finetune.strategy"
             )
+        if self.retain.wise_alphas and not (self.data.stsb and self.data.validation):
+            raise ValueError("retain.wise_alphas needs data.validation and data.stsb (each blend is scored on both)")
         if self.retain.max_stsb_drop is not None and not self.data.stsb:
             raise ValueError("retain.max_stsb_drop needs data.stsb (the STS-B file validation measures retention on)")
         if self.retain.method != "none" and self.finetune.strategy == "head_only":

@@ -60,3 +60,11 @@ def test_frozen_head_with_trained_backbone(make_config):
     names = trainable(build(make_config, strategy="full", freeze_heads=["sentiment"]))
     assert "heads.sentiment.weight" not in names and "heads.topic.weight" in names
     assert any(name.startswith("encoder.") for name in names)
+
+
+def test_freeze_embeddings_keeps_the_tables_and_trains_the_layers(make_config):
+    config = make_config(finetune={"strategy": "full", "freeze_embeddings": True})
+    model = apply_strategy(build_model(config), config.finetune)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert not any("embeddings." in name for name in trainable)
+    assert any("encoder.layer.0." in name for name in trainable) and "heads.topic.weight" in trainable

@@ -89,3 +89,38 @@ def test_method_none_and_a_zero_weight_train_the_same_weights(make_config, tmp_p
                [("plain", plain), ("zero", zero), ("pulled", pulled)]}  # fmt: skip
     assert all(torch.equal(weights["plain"][key], weights["zero"][key]) for key in weights["plain"])
     assert any(not torch.equal(weights["plain"][key], weights["pulled"][key]) for key in weights["plain"])
+
+
+def test_wise_blend_is_a_weight_space_interpolation(make_config, tiny_backbone, tmp_path):
+    from safetensors.torch import load_file
+
+    from mtl.inference.wise import blend_export
+
+    first = train_locally(make_config(finetune={"strategy": "full"}, optim={"backbone_lr": 1e-2}))
+    tuned = Path(first["export_dir"])
+    half = load_file(str(blend_export(tuned, tiny_backbone, 0.5, tmp_path / "half") / "model.safetensors"))
+    tuned_weights = load_file(str(tuned / "model.safetensors"))
+    start_weights = load_file(str(blend_export(tuned, tiny_backbone, 0.0, tmp_path / "start") / "model.safetensors"))
+    name = next(key for key in tuned_weights if key.endswith("layer.0.attention.self.query.weight"))
+    assert not torch.allclose(tuned_weights[name], start_weights[name])
+    torch.testing.assert_close(half[name], (tuned_weights[name] + start_weights[name]) / 2)
+    assert (tmp_path / "half" / "heads" / "topic.safetensors").is_file()  # heads travel with the blend
+
+
+def test_wise_alphas_pick_the_best_blend_within_the_budget(make_config, tmp_path):
+    stsb = self_scored_stsb(tmp_path / "stsb.parquet", make_config())
+    budget = 0.02
+    config = make_config(
+        data={"stsb": str(stsb)},
+        finetune={"strategy": "full"},
+        optim={"head_lr": 5e-3, "backbone_lr": 3e-3, "warmup_ratio": 0.0},
+        train={"max_steps": 20, "eval_every": 20, "checkpoint_every": 20},
+        retain={"wise_alphas": [0.0, 0.5], "max_stsb_drop": budget},
+    )
+    result = train_locally(config)
+    wise = json.loads((Path(result["export_dir"]) / "mtl.json").read_text())["wise_ft"]
+    assert [row["alpha"] for row in wise["table"]] == [1.0, 0.5, 0.0]
+    assert wise["table"][-1]["drop"] == pytest.approx(0.0, abs=1e-6)  # alpha 0 is the starting encoder
+    within = [row for row in wise["table"] if row["drop"] <= budget]
+    assert wise["alpha"] == max(within, key=lambda row: row["score"])["alpha"]
+    assert (Path(result["run_dir"]) / "export_tuned" / "mtl.json").is_file()

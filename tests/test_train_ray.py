@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import config_dict, synthetic_rows, write_parquet
+from tests.conftest import config_dict, synthetic_rows, write_parquet, write_stsb
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(480)]
 
@@ -19,7 +19,8 @@ def test_two_workers_on_uneven_shards_finish_and_export(tiny_backbone, tmp_path)
     raw = config_dict(tiny_backbone, tmp_path)
     big = write_parquet(tmp_path / "data" / "train-00000.parquet", synthetic_rows(200, seed=3))
     small = write_parquet(tmp_path / "data" / "train-00001.parquet", synthetic_rows(37, seed=4))
-    raw["data"].update(train=[str(big), str(small)], sampling="temperature")
+    stsb = os.path.relpath(write_stsb(tmp_path / "stsb.parquet"))  # relative: workers must get it resolved
+    raw["data"].update(train=[str(big), str(small)], sampling="temperature", stsb=stsb)
     raw["train"].update(max_steps=12, eval_every=6, checkpoint_every=6, log_every=6)
     raw["scaling"] = {"num_workers": 2, "cpus_per_worker": 0.5}
     raw["deepspeed"] = {"zero_stage": 2}
@@ -37,6 +38,7 @@ def test_two_workers_on_uneven_shards_finish_and_export(tiny_backbone, tmp_path)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["steps"] == 12
+    assert result["retention"]["final"]["spearman"] > 0.8  # STS-B probed on both ranks' halves (see write_stsb)
     assert result["metrics"]["topic"]["count"] + result["metrics"]["sentiment"]["count"] == 64
     manifest = json.loads(open(os.path.join(result["export_dir"], "mtl.json")).read())
     assert manifest["provenance"]["steps"] == 12

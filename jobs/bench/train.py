@@ -34,13 +34,19 @@ VARIANTS = {
     "length+fused": ["optim.fused=true"],
     "length+autocast": ["deepspeed.autocast=true"],
     "length+compile": ["train.compile=true"],
-    "length, 1 worker x 2 threads": [
+    "length+1worker": [  # 1 worker x 2 torch threads, no gradient sync
         "scaling.num_workers=1",
         "scaling.cpus_per_worker=1",
         "scaling.torch_threads=2",
         "deepspeed.zero_stage=0",
         "train.micro_batch_size=64",  # the same 64 rows per optimizer step
     ],
+    "length+fused+1worker": ["optim.fused=true", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
+                             "scaling.torch_threads=2", "deepspeed.zero_stage=0", "train.micro_batch_size=64"],
+    "length+fused+1worker+frozen_embeddings": ["optim.fused=true", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
+                                               "scaling.torch_threads=2", "deepspeed.zero_stage=0",
+                                               "train.micro_batch_size=64", "finetune.freeze_embeddings=true"],
+    "length+fused+frozen_embeddings": ["optim.fused=true", "finetune.freeze_embeddings=true"],
 }
 
 

@@ -59,7 +59,8 @@ def apply_strategy(model: MultiTaskModel, finetune: FinetuneConfig) -> MultiTask
                 trains = index is not None and index >= first_trained
             else:
                 trains = False
-            parameter.requires_grad_(trains and not name.startswith(_UNUSED_ENCODER_PARTS))
+            frozen = name.startswith(_UNUSED_ENCODER_PARTS) or (finetune.freeze_embeddings and is_embedding(name))
+            parameter.requires_grad_(trains and not frozen)
     for task_name, head in model.heads.items():
         head.requires_grad_(task_name not in finetune.freeze_heads)
     return model

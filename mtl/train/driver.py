@@ -13,6 +13,7 @@ from ray.train.torch import TorchTrainer
 from mtl.config import Config, ConfigError
 from mtl.data.ray_datasets import read_rows, training_dataset, validate_files
 from mtl.inference.exported_model import read_manifest
+from mtl.inference.wise import choose_alpha
 from mtl.train.ray_session import train_worker
 from mtl.train.report import read_history, write_report
 
@@ -21,6 +22,12 @@ def storage_root(config: Config) -> str:
     """Ray Train wants an absolute local path or a URI (s3://, gs://)."""
     path = config.run.storage_path
     return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def existing_file(path: str, key: str) -> Path:
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}={path!r}: no such file (relative paths start at {Path.cwd()})")
+    return Path(path)
 
 
 def check_cpu_budget(config: Config) -> None:
@@ -56,6 +63,8 @@ def train_on_ray(config: Config) -> dict:
     resolved = {"train": [str(Path(f).resolve()) for f in train_files]}
     if config.data.validation:
         resolved["validation"] = [str(Path(f).resolve()) for f in validation_files]
+    if config.data.stsb:
+        resolved["stsb"] = str(existing_file(config.data.stsb, "data.stsb").resolve())
     config = config.model_copy(update={"data": config.data.model_copy(update=resolved)})
     check_cpu_budget(config)
 
@@ -84,6 +93,7 @@ def train_on_ray(config: Config) -> dict:
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
     result = trainer.fit()
+    wise = choose_alpha(Path(run_dir), config) if config.retain.wise_alphas else None
     export_dir = f"{run_dir}/export"
     manifest = read_manifest(export_dir)
     report = write_report(Path(run_dir), config, Path(export_dir))
@@ -100,4 +110,5 @@ def train_on_ray(config: Config) -> dict:
         "rows": train_report.as_dict(),
         "metrics": manifest["metrics"],
         **({"retention": report["retention"]} if "retention" in report else {}),
+        **({"wise_ft": wise} if wise else {}),
     }

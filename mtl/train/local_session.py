@@ -19,6 +19,7 @@ import torch.distributed as dist
 from mtl.config import Config, ConfigError
 from mtl.data.contract import expand_paths, read_validated
 from mtl.data.sampling import epoch_indices, rows_per_task, task_weights
+from mtl.inference.wise import choose_alpha
 from mtl.train.recipe import Batch, run_training
 from mtl.train.report import write_report
 
@@ -109,5 +110,7 @@ def train_locally(config: Config) -> dict:
     session.run_dir.mkdir(parents=True, exist_ok=True)
     ensure_single_process_group(config.scaling.use_gpu)
     result = run_training(config.model_dump(mode="json"), session)
+    if config.retain.wise_alphas:
+        result["wise_ft"] = choose_alpha(session.run_dir, config)
     report = write_report(session.run_dir, config, Path(result["export_dir"]))
     return {"run_dir": str(session.run_dir), "rows": session.train_report.as_dict(), "report": report, **result}

@@ -1,0 +1,74 @@
+"""WiSE-FT (Wortsman et al., 2022): export the encoder as a weight-space blend of the fine-tuned and the starting one.
+
+encoder = (1 - alpha) * start + alpha * tuned, parameter by parameter; heads stay as trained. alpha = 1 is the
+fine-tuned model, 0 the starting encoder. It costs no training: `retain.wise_alphas` lists the candidates, each is
+scored on the validation rows and on STS-B, and the one with the best mean task macro-F1 among those within
+`retain.max_stsb_drop` becomes `<run_dir>/export` (the fine-tuned one moves to `<run_dir>/export_tuned`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel
+
+from mtl.config import Config
+from mtl.data.contract import read_validated
+from mtl.evaluation.classification import classification_report
+from mtl.evaluation.stsb import stsb_spearman
+from mtl.inference.exported_model import ExportedModel, read_manifest
+from mtl.model.backbone import starting_encoder_dir
+
+
+def blend_export(tuned_dir: Path, start_dir: Path, alpha: float, out_dir: Path) -> Path:
+    """A copy of the export at `tuned_dir` whose encoder is (1 - alpha) * start + alpha * tuned."""
+    tuned = AutoModel.from_pretrained(tuned_dir, local_files_only=True)
+    start = AutoModel.from_pretrained(start_dir, local_files_only=True).state_dict()
+    state = tuned.state_dict()
+    mismatched = [name for name, tensor in state.items() if name not in start or start[name].shape != tensor.shape]
+    if mismatched:
+        raise ValueError(f"{tuned_dir} and {start_dir}: encoders differ in {mismatched[:5]}; cannot interpolate")
+    with torch.no_grad():
+        tuned.load_state_dict({name: (1 - alpha) * start[name] + alpha * tensor for name, tensor in state.items()})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(tuned_dir, out_dir)
+    tuned.save_pretrained(out_dir)
+    return out_dir
+
+
+def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict:
+    """Score every `retain.wise_alphas` candidate (and 1.0) and install the chosen one as `<run_dir>/export`."""
+    run_dir = Path(run_dir)
+    export, tuned = run_dir / "export", run_dir / "export_tuned"
+    shutil.rmtree(tuned, ignore_errors=True)
+    export.rename(tuned)
+    start_dir = starting_encoder_dir(config.model)
+    rows, _ = read_validated(config.data.validation, config, "data.validation")
+    start = ExportedModel.load(blend_export(tuned, start_dir, 0.0, run_dir / "wise" / "alpha-0"), precision=precision)
+    before = stsb_spearman(start, config.data.stsb)
+    table = []
+    for alpha in sorted({1.0, *config.retain.wise_alphas}, reverse=True):
+        candidate = blend_export(tuned, start_dir, alpha, run_dir / "wise" / f"alpha-{alpha:g}")
+        model = ExportedModel.load(candidate, precision=precision)
+        tasks = classification_report(model, rows, config.task_names)
+        spearman = stsb_spearman(model, config.data.stsb)
+        score = float(np.mean([task["macro_f1"] for task in tasks.values()]))
+        accuracy = {name: task["accuracy"] for name, task in tasks.items()}
+        row = {"alpha": alpha, "score": score, "accuracy": accuracy, "stsb": spearman, "drop": before - spearman}
+        table.append(row)
+        print(f"WiSE-FT alpha={alpha:g}: mean macro-F1 {score:.4f} accuracy {accuracy} STS-B {spearman:.4f} "
+              f"({spearman - before:+.4f})", flush=True)  # fmt: skip
+    budget = config.retain.max_stsb_drop
+    eligible = [row for row in table if budget is None or row["drop"] <= budget] or table[-1:]  # else the smallest
+    chosen = max(eligible, key=lambda row: row["score"])
+    shutil.copytree(run_dir / "wise" / f"alpha-{chosen['alpha']:g}", export)
+    shutil.rmtree(run_dir / "wise")
+    manifest = read_manifest(export)
+    manifest["wise_ft"] = {"alpha": chosen["alpha"], "stsb_before": before, "table": table, "tuned": str(tuned)}
+    (export / "mtl.json").write_text(json.dumps(manifest, indent=2))
+    print(f"WiSE-FT: exported alpha={chosen['alpha']:g} to {export} (fine-tuned encoder kept in {tuned})", flush=True)
+    return manifest["wise_ft"]
