@@ -1,9 +1,12 @@
 """Length-aware micro batches: tokenise a window of batches at once, sort its rows by token count, re-cut, shuffle.
 
 A batch pads to its longest row. Random batches of the shared SST-2 + TREC mixture carry ~3 padded tokens per real
-token; sorting the rows of a window of 64 micro batches by length brings that to ~1.05. Every row still appears
-exactly once, every batch keeps its size (so steps per rank and the task mix are unchanged), and the order of the
-re-cut batches is shuffled so consecutive steps do not walk from short to long texts.
+token. Within a window of micro batches the rows of each task are sorted by length and dealt back so that every
+batch keeps its size *and its number of rows of each task* as drawn: batch k gets the k-th length slice of every
+task. Sorting all rows together would pad less but would pack a short task (TREC questions) into a few batches,
+and since each task's loss is a mean over its rows in the batch, that would quietly down-weight it. Every row
+appears exactly once, steps per rank are unchanged, and the re-cut batches are shuffled so consecutive steps do
+not walk from short to long texts.
 """
 
 from __future__ import annotations
@@ -48,13 +51,22 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
     task_ids = np.concatenate([batch["task_id"] for batch in group])
     labels = np.concatenate([batch["label"] for batch in group])
     ids = token_ids(tokenizer, texts, max_seq_length)
-    order = np.arange(len(ids))
-    if by_length:
+    sizes = [len(batch["task_id"]) for batch in group]
+    if not by_length:
+        bounds = np.cumsum([0, *sizes])
+        chunks = [np.arange(start, end) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    else:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        order = np.lexsort((rng.random(len(ids)), lengths))  # by length; ties broken at random
-    bounds = np.cumsum([0] + [len(batch["task_id"]) for batch in group])  # every batch keeps its size
-    chunks = [order[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-    if by_length:
+        drawn_in = np.repeat(np.arange(len(group)), sizes)  # the batch each row was drawn in
+        parts: list[list[np.ndarray]] = [[] for _ in group]
+        for task in np.unique(task_ids):
+            rows = np.flatnonzero(task_ids == task)
+            rows = rows[np.lexsort((rng.random(len(rows)), lengths[rows]))]  # this task's rows, shortest first
+            counts = np.bincount(drawn_in[task_ids == task], minlength=len(group))  # its rows per drawn batch
+            # Batch k takes the k-th length slice of every task, as many rows of each as it was drawn with.
+            for batch, part in enumerate(np.split(rows, np.cumsum(counts)[:-1])):
+                parts[batch].append(part)
+        chunks = [np.concatenate(batch_parts) for batch_parts in parts]
         chunks = [chunks[index] for index in rng.permutation(len(chunks))]
     return [
         {"input_ids": [ids[row] for row in rows], "task_id": task_ids[rows], "label": labels[rows]} for rows in chunks
