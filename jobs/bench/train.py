@@ -4,9 +4,9 @@
 
 Every variant is `jobs.train`'s own path (Ray Data -> Ray Train -> DeepSpeed) with the preset's model, batch, workers,
 ZeRO stage and precision, changed only by the variant's `--set` overrides, for `--steps` optimizer steps (validation,
-checkpoints and the report off). `today` is the recipe before length-aware batching (`data.length_window=0`, the
-rest as the preset had it); `shipped` is the preset as it is in the repository. Steady state: the first 2 steps are
-skipped. Printed per variant: samples/s, real and padded tokens/s, padded tokens per real token, model FLOP/s
+checkpoints and the report off). `today` is the recipe before this bench's changes (random batches, 2 workers x 1
+thread, ZeRO-2, plain AdamW: `TODAY` below); `shipped` is the preset as it is in the repository. Steady state: the
+first 2 steps are skipped. Printed per variant: samples/s, real and padded tokens/s, padded tokens per real token, model FLOP/s
 (6 x non-embedding parameters x real tokens) as a share of this machine's matmul peak measured in the same run,
 and milliseconds per step in each phase (data wait, tokenise/pad, forward, backward, gradient sync, optimizer).
 Data: the preset's training files when present, else the bundled sample.
@@ -28,12 +28,22 @@ from mtl.config import Config, apply_overrides, load_config, validate_config
 from mtl.train.progress import PHASES
 
 OUT = Path("runs/bench_train")
+# The recipe before length-grouped batches, as production.yaml had it: random batches, 2 workers x 1 thread, ZeRO-2.
+TODAY = [
+    "data.length_window=0",
+    "optim.fused=false",
+    "scaling.num_workers=2",
+    "scaling.cpus_per_worker=0.5",
+    "scaling.torch_threads=null",
+    "deepspeed.zero_stage=2",
+    "train.micro_batch_size=32",
+]
 VARIANTS = {
-    "today": ["data.length_window=0"],
-    "length": [],
-    "length+fused": ["optim.fused=true"],
-    "length+autocast": ["deepspeed.autocast=true"],
-    "length+compile": ["train.compile=true"],
+    "today": TODAY,
+    "length": [*TODAY[1:]],
+    "length+fused": [*TODAY[2:]],
+    "length+autocast": [*TODAY[1:], "deepspeed.autocast=true"],
+    "length+compile": [*TODAY[1:], "train.compile=true"],
     "length+1worker": [  # 1 worker x 2 torch threads, no gradient sync
         "scaling.num_workers=1",
         "scaling.cpus_per_worker=1",
@@ -46,7 +56,7 @@ VARIANTS = {
     "length+fused+1worker+frozen_embeddings": ["optim.fused=true", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
                                                "scaling.torch_threads=2", "deepspeed.zero_stage=0",
                                                "train.micro_batch_size=64", "finetune.freeze_embeddings=true"],
-    "length+fused+frozen_embeddings": ["optim.fused=true", "finetune.freeze_embeddings=true"],
+    "length+fused+frozen_embeddings": [*TODAY[2:], "finetune.freeze_embeddings=true"],
 }
 
 
