@@ -6,9 +6,10 @@ Every variant is `jobs.train`'s own path (Ray Data -> Ray Train -> DeepSpeed) wi
 ZeRO stage and precision, changed only by the variant's `--set` overrides, for `--steps` optimizer steps (validation,
 checkpoints and the report off). `today` is the recipe before this bench's changes (random batches, 2 workers x 1
 thread, ZeRO-2, plain AdamW: `TODAY` below); `shipped` is the preset as it is in the repository. Steady state: the
-first 2 steps are skipped. Printed per variant: samples/s, real and padded tokens/s, padded tokens per real token, model FLOP/s
-(6 x non-embedding parameters x real tokens) as a share of this machine's matmul peak measured in the same run,
-and milliseconds per step in each phase (data wait, tokenise/pad, forward, backward, gradient sync, optimizer).
+first 2 steps are skipped. Printed per variant: samples/s, real and padded tokens/s, padded tokens per real token,
+model FLOP/s (6 x non-embedding parameters x real tokens) as a share of this machine's matmul peak measured in the
+same run, and milliseconds per step in each phase (data wait, tokenise/pad, forward, backward, gradient sync,
+optimizer).
 Data: the preset's training files when present, else the bundled sample.
 """
 
