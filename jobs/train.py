@@ -29,19 +29,12 @@ def main(argv: list[str] | None = None) -> dict:
     from mtl.train.driver import train_on_ray
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ray.init(runtime_env={"env_vars": _worker_env(config.scaling.use_gpu)})
+    # No runtime env here: Ray refuses to merge a driver's env_vars with a job's (a RayJob manifest, `ray job submit
+    # --runtime-env-json`) that sets the same keys. The workers get what they need through the trainer's config.
+    ray.init()
     result = train_on_ray(config)
     print(json.dumps(result))
     return result
-
-
-def _worker_env(use_gpu: bool) -> dict[str, str]:
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR")
-    env = {name: os.environ[name] for name in names if name in os.environ}
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    if not use_gpu:
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cluster.render import ENV as render_env
 from serve_app.local import free_port
 from tests.conftest import config_dict, synthetic_rows, write_parquet
 
@@ -64,7 +65,9 @@ def test_two_node_cluster_runs_training_across_nodes_then_embedding(tiny_backbon
         raw["scaling"] = {"num_workers": 2, "cpus_per_worker": 0.5, "placement_strategy": "STRICT_SPREAD"}
         config = tmp_path / "cluster.yaml"
         config.write_text(yaml.safe_dump(raw, sort_keys=False))
-        submit = ["ray", "job", "submit", "--", sys.executable, "-m"]
+        # Exactly the runtime env the rendered RayJob manifests carry: the driver must not clash with it.
+        runtime_env = json.dumps(yaml.safe_load(render_env))
+        submit = ["ray", "job", "submit", "--runtime-env-json", runtime_env, "--", sys.executable, "-m"]
         trained = run([*submit, "jobs.train", "--config", str(config)], client_env, 600)
         output = trained.stdout + trained.stderr
         nodes = set(re.findall(r"worker rank \d/2 on node ([0-9a-f]+)", output))

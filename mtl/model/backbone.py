@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from mtl.config import DEFAULT_BACKBONE, ModelConfig
 
@@ -62,4 +63,5 @@ def load_tokenizer(model_config: ModelConfig, directory: Path | None = None) -> 
 def load_encoder(model_config: ModelConfig, directory: Path | None = None) -> PreTrainedModel:
     """The bare encoder (no task head); `trust_remote_code` only when configured."""
     directory = directory or resolve_backbone(model_config.backbone)
+    hf_logging.disable_progress_bar()  # no tqdm bar per load in every worker's log
     return AutoModel.from_pretrained(directory, local_files_only=True, trust_remote_code=model_config.trust_remote_code)

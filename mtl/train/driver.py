@@ -48,6 +48,17 @@ def check_cpu_budget(config: Config) -> None:
 PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 
 
+def worker_env(use_gpu: bool) -> dict[str, str]:
+    """Environment every worker sets for itself on start (unless already set there): offline hub, the DeepSpeed op
+    cache, the CPU accelerator. Passed as trainer config, not as a runtime env, so it never clashes with a job's."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR")
+    env = {name: os.environ[name] for name in names if name in os.environ}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
 def train_on_ray(config: Config) -> dict:
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
     train_files, train_report, counts = validate_files(config.data.train, config, "data.train")
@@ -76,6 +87,7 @@ def train_on_ray(config: Config) -> dict:
             "config": config.model_dump(mode="json"),
             "run_dir": run_dir,
             "has_validation": "validation" in datasets,
+            "env": worker_env(config.scaling.use_gpu),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.scaling.num_workers,

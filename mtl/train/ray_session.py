@@ -58,6 +58,8 @@ class RaySession:
 
 def train_worker(worker_config: dict) -> None:
     """`train_loop_per_worker` for `TorchTrainer`: the config arrives as plain data."""
+    for name, value in worker_config.get("env", {}).items():
+        os.environ.setdefault(name, value)
     session = RaySession(worker_config["config"], worker_config["run_dir"], worker_config["has_validation"])
     threads = worker_config["config"]["scaling"].get("torch_threads")
     if threads:
