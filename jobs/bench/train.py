@@ -52,11 +52,23 @@ VARIANTS = {
         "deepspeed.zero_stage=0",
         "train.micro_batch_size=64",  # the same 64 rows per optimizer step
     ],
-    "length+fused+1worker": ["optim.fused=true", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
-                             "scaling.torch_threads=2", "deepspeed.zero_stage=0", "train.micro_batch_size=64"],
-    "length+fused+1worker+frozen_embeddings": ["optim.fused=true", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
-                                               "scaling.torch_threads=2", "deepspeed.zero_stage=0",
-                                               "train.micro_batch_size=64", "finetune.freeze_embeddings=true"],
+    "length+fused+1worker": [
+        "optim.fused=true",
+        "scaling.num_workers=1",
+        "scaling.cpus_per_worker=1",
+        "scaling.torch_threads=2",
+        "deepspeed.zero_stage=0",
+        "train.micro_batch_size=64",
+    ],
+    "length+fused+1worker+frozen_embeddings": [
+        "optim.fused=true",
+        "scaling.num_workers=1",
+        "scaling.cpus_per_worker=1",
+        "scaling.torch_threads=2",
+        "deepspeed.zero_stage=0",
+        "train.micro_batch_size=64",
+        "finetune.freeze_embeddings=true",
+    ],
     "length+fused+frozen_embeddings": [*TODAY[2:], "finetune.freeze_embeddings=true"],
 }
 

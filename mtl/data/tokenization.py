@@ -5,8 +5,9 @@ Ids are produced unpadded (so batches can be grouped by length first) and padded
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -26,3 +27,13 @@ def pad(tokenizer: PreTrainedTokenizerBase, ids: Sequence[list[int]]) -> dict[st
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_seq_length: int) -> dict[str, torch.Tensor]:
     """Truncate at `max_seq_length`, pad to the longest text in the batch."""
     return pad(tokenizer, token_ids(tokenizer, texts, max_seq_length))
+
+
+def length_sorted_chunks(
+    tokenizer: PreTrainedTokenizerBase, ids: Sequence[list[int]], batch_size: int
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(row indices, padded tokens) per chunk of `batch_size` rows taken in length order, so chunks pad little."""
+    order = np.argsort([len(row) for row in ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        yield chunk, pad(tokenizer, [ids[i] for i in chunk])

@@ -9,7 +9,6 @@ lengths, and returns rows in the caller's order.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,10 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from mtl.data.tokenization import pad, token_ids
+from mtl.data.tokenization import length_sorted_chunks, token_ids
 from mtl.model.heads import build_heads, load_head_into
 from mtl.model.pooling import cosine_similarity, normalize, pool
+from mtl.model.precision import autocast
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -153,23 +153,16 @@ class ExportedModel:
     def dim(self) -> int:
         return int(self.encoder.config.hidden_size)
 
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64, pooling: str | None = None) -> torch.Tensor:
         """Un-normalised vectors for any number of texts, in their order; batches group similar lengths."""
         if not texts:
             return torch.zeros(0, self.dim)
         ids = token_ids(self.tokenizer, texts, self.max_seq_length)
-        order = np.argsort([len(row) for row in ids], kind="stable")
         out = torch.empty(len(texts), self.dim)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            tokens = {key: value.to(self.device) for key, value in pad(self.tokenizer, [ids[i] for i in chunk]).items()}
-            with self._autocast():
+        for chunk, padded in length_sorted_chunks(self.tokenizer, ids, batch_size):
+            tokens = {key: value.to(self.device) for key, value in padded.items()}
+            with autocast(self.precision, self.device.type):
                 hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
             pooled = pool(pooling or self.pooling, hidden.float(), tokens["attention_mask"])  # (B, H)
             out[torch.as_tensor(chunk)] = pooled.cpu()

@@ -24,14 +24,18 @@ from mtl.inference.exported_model import ExportedModel, read_manifest
 from mtl.model.backbone import starting_encoder_dir
 
 
-def blend_export(tuned_dir: Path, start_dir: Path, alpha: float, out_dir: Path) -> Path:
-    """A copy of the export at `tuned_dir` whose encoder is (1 - alpha) * start + alpha * tuned."""
+def blend_export(tuned_dir: Path, start: Path | dict, alpha: float, out_dir: Path) -> Path:
+    """A copy of the export at `tuned_dir` whose encoder is (1 - alpha) * start + alpha * tuned.
+
+    `start` is the starting encoder's directory or its state dict (loaded once when blending several alphas)."""
     tuned = AutoModel.from_pretrained(tuned_dir, local_files_only=True)
-    start = AutoModel.from_pretrained(start_dir, local_files_only=True).state_dict()
+    source = "the starting encoder" if isinstance(start, dict) else start
+    if not isinstance(start, dict):
+        start = AutoModel.from_pretrained(start, local_files_only=True).state_dict()
     state = tuned.state_dict()
     mismatched = [name for name, tensor in state.items() if name not in start or start[name].shape != tensor.shape]
     if mismatched:
-        raise ValueError(f"{tuned_dir} and {start_dir}: encoders differ in {mismatched[:5]}; cannot interpolate")
+        raise ValueError(f"{tuned_dir} and {source}: encoders differ in {mismatched[:5]}; cannot interpolate")
     with torch.no_grad():
         tuned.load_state_dict({name: (1 - alpha) * start[name] + alpha * tensor for name, tensor in state.items()})
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -47,12 +51,13 @@ def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict
     shutil.rmtree(tuned, ignore_errors=True)
     export.rename(tuned)
     start_dir = starting_encoder_dir(config.model)
+    start_state = AutoModel.from_pretrained(start_dir, local_files_only=True).state_dict()
     rows, _ = read_validated(config.data.validation, config, "data.validation")
-    start = ExportedModel.load(blend_export(tuned, start_dir, 0.0, run_dir / "wise" / "alpha-0"), precision=precision)
-    before = stsb_spearman(start, config.data.stsb)
+    start = blend_export(tuned, start_state, 0.0, run_dir / "wise" / "alpha-0")  # the starting encoder, as exported
+    before = stsb_spearman(ExportedModel.load(start, precision=precision), config.data.stsb)
     table = []
     for alpha in sorted({1.0, *config.retain.wise_alphas}, reverse=True):
-        candidate = blend_export(tuned, start_dir, alpha, run_dir / "wise" / f"alpha-{alpha:g}")
+        candidate = blend_export(tuned, start_state, alpha, run_dir / "wise" / f"alpha-{alpha:g}")
         model = ExportedModel.load(candidate, precision=precision)
         tasks = classification_report(model, rows, config.task_names)
         spearman = stsb_spearman(model, config.data.stsb)

@@ -7,7 +7,6 @@ place to report. `mtl.train.ray_session` drives it under Ray Train; `mtl.train.l
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from mtl.data.length_grouping import Batch, TokenBatch, length_grouped
 from mtl.data.tokenization import pad
 from mtl.model.backbone import load_tokenizer, starting_encoder_dir
 from mtl.model.multitask import MultiTaskModel, build_model
+from mtl.model.precision import autocast
 from mtl.model.strategies import apply_strategy, format_report, parameter_report
 from mtl.train.deepspeed_config import deepspeed_config
 from mtl.train.losses import multitask_loss
@@ -123,11 +123,9 @@ def resume(engine, session: Session) -> tuple[int, dict]:
 
 def measure_stsb(engine, probe: StsbProbe | None, config: Config) -> float:
     """STS-B Spearman of the encoder as it is now (collective); bf16/fp16 autocast when training in it."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
-    autocast = torch.autocast(engine.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     was_training = engine.module.training
     engine.module.eval()
-    with autocast:
+    with autocast(config.train.precision, engine.device.type):
         value = probe.spearman(engine.module.pooled, engine.device)
     engine.module.train(was_training)
     return value

@@ -7,20 +7,18 @@ distance of the encoder's trainable weights from their starting values (Xuhong e
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from mtl.data.contract import DataError
-from mtl.data.tokenization import pad, token_ids
-from mtl.evaluation.stsb import STSB_COLUMNS
+from mtl.data.tokenization import length_sorted_chunks, token_ids
+from mtl.evaluation.stsb import read_stsb
+from mtl.model.precision import autocast
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -39,12 +37,11 @@ class Teacher:
 
     def __init__(self, model: nn.Module, precision: str, device: torch.device):
         self.model = model.to(device).eval().requires_grad_(False)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        self.precision, self.device_type = precision, device.type
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self.autocast:
+        with autocast(self.precision, self.device_type):
             return self.model.pooled(input_ids, attention_mask).float()  # (B, H)
 
 
@@ -53,10 +50,7 @@ class StsbProbe:
 
     def __init__(self, path: str, tokenizer, max_seq_length: int, rank: int, world_size: int, batch_size: int = 128):
         """`world_size` 1 makes every rank score every pair (ZeRO-3: all ranks must run the same forwards)."""
-        table = pq.read_table(path)
-        missing = sorted(set(STSB_COLUMNS) - set(table.column_names))
-        if missing:
-            raise DataError(f"data.stsb={path}: STS-B file lacks column(s) {missing} (has {table.column_names})")
+        table = read_stsb(path, "data.stsb")
         self.scores = table.column("score").to_numpy()
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.pairs = np.array_split(np.arange(len(self.scores)), world_size)[rank]  # this rank's pair indices
@@ -65,11 +59,9 @@ class StsbProbe:
         self.tokenizer, self.left, self.right = tokenizer, left, right
 
     def _pooled(self, pooled_fn, ids: list[list[int]], device: torch.device) -> torch.Tensor:
-        order = np.argsort([len(row) for row in ids], kind="stable")  # length-sorted batches pad little
         out = None
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            tokens = {key: value.to(device) for key, value in pad(self.tokenizer, [ids[i] for i in chunk]).items()}
+        for chunk, padded in length_sorted_chunks(self.tokenizer, ids, self.batch_size):
+            tokens = {key: value.to(device) for key, value in padded.items()}
             pooled = pooled_fn(tokens["input_ids"], tokens["attention_mask"]).float()  # (b, H)
             if out is None:
                 out = torch.empty(len(ids), pooled.shape[1], device=device)
