@@ -39,36 +39,23 @@ TODAY = [
     "deepspeed.zero_stage=2",
     "train.micro_batch_size=32",
 ]
+# 1 worker x 2 torch threads, no gradient sync, the same 64 rows per optimizer step.
+ONE_WORKER = [
+    "scaling.num_workers=1",
+    "scaling.cpus_per_worker=1",
+    "scaling.torch_threads=2",
+    "deepspeed.zero_stage=0",
+    "train.micro_batch_size=64",
+]
 VARIANTS = {
     "today": TODAY,
     "length": [*TODAY[1:]],
     "length+fused": [*TODAY[2:]],
     "length+autocast": [*TODAY[1:], "deepspeed.autocast=true"],
     "length+compile": [*TODAY[1:], "train.compile=true"],
-    "length+1worker": [  # 1 worker x 2 torch threads, no gradient sync
-        "scaling.num_workers=1",
-        "scaling.cpus_per_worker=1",
-        "scaling.torch_threads=2",
-        "deepspeed.zero_stage=0",
-        "train.micro_batch_size=64",  # the same 64 rows per optimizer step
-    ],
-    "length+fused+1worker": [
-        "optim.fused=true",
-        "scaling.num_workers=1",
-        "scaling.cpus_per_worker=1",
-        "scaling.torch_threads=2",
-        "deepspeed.zero_stage=0",
-        "train.micro_batch_size=64",
-    ],
-    "length+fused+1worker+frozen_embeddings": [
-        "optim.fused=true",
-        "scaling.num_workers=1",
-        "scaling.cpus_per_worker=1",
-        "scaling.torch_threads=2",
-        "deepspeed.zero_stage=0",
-        "train.micro_batch_size=64",
-        "finetune.freeze_embeddings=true",
-    ],
+    "length+1worker": ["optim.fused=false", *ONE_WORKER],
+    "length+fused+1worker": [*ONE_WORKER],  # what production.yaml ships
+    "length+fused+1worker+frozen_embeddings": [*ONE_WORKER, "finetune.freeze_embeddings=true"],
     "length+fused+frozen_embeddings": [*TODAY[2:], "finetune.freeze_embeddings=true"],
 }
 
