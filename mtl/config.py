@@ -74,6 +74,11 @@ class DataConfig(Section):
     """Temperature for `sampling: temperature` (1 = proportional, large = uniform)."""
     length_window: int = Field(64, ge=0)
     """Micro batches whose rows are sorted by token length together before batching (0 or 1: random batches)."""
+    long_text_words: int | None = Field(None, ge=1)
+    """Rows of at least this many words are drawn `long_text_factor` times as often as the shorter rows of their
+    task (each task keeps its share of the batches). None: every row of a task equally often."""
+    long_text_factor: float = Field(1.0, ge=1)
+    """How much more often a long row is drawn (needs `long_text_words`)."""
     on_bad_rows: Literal["error", "skip"] = "error"
     """Stop at the first bad row (naming file, row, column) or drop bad rows and report counts."""
     stsb: str | None = None
@@ -83,6 +88,12 @@ class DataConfig(Section):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _long_text(self) -> DataConfig:
+        if self.long_text_factor != 1.0 and self.long_text_words is None:
+            raise ValueError("data.long_text_factor needs data.long_text_words (the length that counts as long)")
+        return self
 
 
 class LoraConfig(Section):
@@ -116,6 +127,12 @@ class RetainConfig(Section):
     l2sp = squared distance of the trainable encoder weights from their starting values."""
     weight: float = Field(1.0, ge=0)
     """Multiplier of the retention term."""
+    teacher: Literal["cached", "online"] = "cached"
+    """distill: the starting encoder's vectors computed once per dataset with Ray Data and cached on disk (reused by
+    later runs on the same data and encoder), or by a teacher forward in every step (also what training without Ray
+    does)."""
+    teacher_cache: str | None = None
+    """Directory holding teacher-embedding caches (one per key); default `<run.storage_path>/teacher_cache`."""
     max_stsb_drop: float | None = Field(None, ge=0)
     """STS-B Spearman budget (needs data.stsb): "best" = best task score among validations that lost at most this."""
     wise_alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=list)

@@ -25,6 +25,7 @@ def test_two_workers_on_uneven_shards_finish_and_export(tiny_backbone, tmp_path)
     raw["scaling"] = {"num_workers": 2, "cpus_per_worker": 0.5}
     raw["deepspeed"] = {"zero_stage": 2}
     raw["finetune"] = {"strategy": "full"}
+    raw["retain"] = {"method": "distill"}  # teacher vectors cached by Ray Data, streamed with the rows
     path = tmp_path / "ray.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
@@ -47,6 +48,8 @@ def test_two_workers_on_uneven_shards_finish_and_export(tiny_backbone, tmp_path)
     progress = [line for line in output.splitlines() if re.search(r"\bstep \d+/12 ", line)]
     assert len(progress) == 2, progress  # steps 6 and 12, each printed once (rank 0 only)
     assert "step 12/12" in progress[-1] and "NumPy array is not writable" not in output
+    assert "teacher embeddings: computing 237 rows" in output and "loss/retain=" in progress[-1]
+    assert "computed online" not in output
 
 
 def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tiny_backbone, tmp_path):

@@ -20,8 +20,8 @@ from transformers import PreTrainedTokenizerBase
 
 from mtl.data.tokenization import token_ids
 
-# A row batch: text (object), task_id (int32), label (int64).
-# A token batch: input_ids (list of unpadded id lists), task_id, label; padded only when it goes to the device.
+# A row batch: text (object), task_id (int32), label (int64), optionally teacher (float32, (B, H)).
+# A token batch: input_ids (list of unpadded id lists), task_id, label (, teacher); padded only on the device.
 Batch = dict[str, np.ndarray]
 TokenBatch = dict[str, np.ndarray | list[list[int]]]
 
@@ -50,6 +50,8 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
     texts = np.concatenate([batch["text"] for batch in group]).tolist()
     task_ids = np.concatenate([batch["task_id"] for batch in group])
     labels = np.concatenate([batch["label"] for batch in group])
+    # Cached teacher vectors ride along with their rows (Ray Data may hand a fixed-size list out as rows of arrays).
+    teacher = np.concatenate([np.stack(batch["teacher"]) for batch in group]) if "teacher" in group[0] else None
     ids = token_ids(tokenizer, texts, max_seq_length)
     sizes = [len(batch["task_id"]) for batch in group]
     if not by_length:
@@ -68,6 +70,8 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
                 parts[batch].append(part)
         chunks = [np.concatenate(batch_parts) for batch_parts in parts]
         chunks = [chunks[index] for index in rng.permutation(len(chunks))]
-    return [
-        {"input_ids": [ids[row] for row in rows], "task_id": task_ids[rows], "label": labels[rows]} for rows in chunks
-    ]
+    out = [{"input_ids": [ids[row] for row in rows], "task_id": task_ids[rows], "label": labels[rows]} for rows in chunks]
+    if teacher is not None:
+        for batch, rows in zip(out, chunks, strict=True):
+            batch["teacher"] = teacher[rows]
+    return out

@@ -19,20 +19,26 @@ import ray.data
 
 from mtl.config import Config, validate_config
 from mtl.data.contract import RowReport, expand_paths, iter_validated, validate_batch
-from mtl.data.sampling import rows_per_task, task_weights
+from mtl.data.sampling import draw_counts, draw_rates, row_weights
 
 
-def validate_files(patterns: list[str], config: Config, key: str) -> tuple[list[str], RowReport, dict[str, int]]:
-    """Validate every row once (constant memory); return files, row report and clean rows per task."""
+def validate_files(
+    patterns: list[str], config: Config, key: str
+) -> tuple[list[str], RowReport, dict[str, int], dict[str, float]]:
+    """Validate every row once (constant memory); return files, row report, clean rows per task and the sum of
+    their draw weights per task (`mtl.data.sampling.row_weights`)."""
     files = expand_paths(patterns, key)
     report = RowReport()
     counts = dict.fromkeys(config.task_names, 0)
+    weight_sums = dict.fromkeys(config.task_names, 0.0)
     for clean, batch_report in iter_validated(files, config):
         report.add(batch_report)
         task_ids = clean.column("task_id").to_numpy()
+        weights = row_weights(clean.column("text"), config.data)
         for index, name in enumerate(config.task_names):
             counts[name] += int((task_ids == index).sum())
-    return files, report, counts
+            weight_sums[name] += float(weights[task_ids == index].sum())
+    return files, report, counts, weight_sums
 
 
 # Small CPU slices so read and map tasks fit beside the training workers on a small machine.
@@ -47,41 +53,62 @@ def _skip_config(config_json: str) -> Config:
     return validate_config(skip, source="dataset config")
 
 
-def clean_rows(batch: pa.Table, config_json: str, factors: list[float] | None = None) -> pa.Table:
+def clean_rows(batch: pa.Table, config_json: str, rates: list[float] | None = None) -> pa.Table:
     """Ray Data map: contract rows -> `text`, `task_id`, `label`, dropping what the pre-flight counted.
 
-    With `factors`, task t's rows are resampled by factors[t] (whole copies plus a seeded random
-    fraction), which mixes tasks in the same streaming pass instead of re-reading the files per task.
+    With `rates`, a row of task t is drawn rates[t] x its `row_weights` times (`draw_counts`: whole copies plus a
+    seeded random fraction), which mixes tasks in the same streaming pass instead of re-reading the files per task.
     """
     config = _skip_config(config_json)
     label_type = batch.schema.field(config.data.label_column).type
     label_kind = "integer" if pa.types.is_integer(label_type) else "string"
     clean, _ = validate_batch(batch, "ray-data", 0, config, label_kind)
-    if factors is None or clean.num_rows == 0:
+    return clean if rates is None else resample_rows(clean, config_json, rates)
+
+
+def resample_rows(clean: pa.Table, config_json: str, rates: list[float]) -> pa.Table:
+    """Ray Data map: each clean row drawn rates[task] x its `row_weights` times (see `clean_rows`)."""
+    if clean.num_rows == 0:
         return clean
-    task_ids = clean.column("task_id").to_numpy()
-    factor = np.asarray(factors)[task_ids]  # (N,)
+    config = _skip_config(config_json)
+    expected = np.asarray(rates)[clean.column("task_id").to_numpy()] * row_weights(clean.column("text"), config.data)
     seed = config.train.seed + zlib.crc32(clean.column("text")[0].as_py().encode())
-    extra = np.random.default_rng(seed).random(len(task_ids)) < (factor - np.floor(factor))
-    copies = np.floor(factor).astype(np.int64) + extra
-    return clean.take(np.repeat(np.arange(len(task_ids)), copies))
+    copies = draw_counts(expected, np.random.default_rng(seed))
+    return clean.take(np.repeat(np.arange(clean.num_rows), copies))
 
 
-def read_rows(files: list[str], config: Config, factors: list[float] | None = None) -> ray.data.Dataset:
+def read_rows(files: list[str], config: Config, rates: list[float] | None = None) -> ray.data.Dataset:
     columns = [config.data.text_column, config.data.task_column, config.data.label_column]
     return ray.data.read_parquet(files, columns=columns, num_cpus=DATA_TASK_CPUS).map_batches(
         clean_rows,
-        fn_kwargs={"config_json": config.model_dump_json(), "factors": factors},
+        fn_kwargs={"config_json": config.model_dump_json(), "rates": rates},
         batch_format="pyarrow",
         num_cpus=DATA_TASK_CPUS,
     )
 
 
-def training_dataset(files: list[str], config: Config, counts: dict[str, int]) -> tuple[ray.data.Dataset, int]:
-    """One epoch of the configured task mix; returns the dataset and its expected row count."""
-    weights = task_weights(counts, config.data.sampling, config.data.temperature)
-    targets = rows_per_task(counts, weights)
-    if config.data.sampling == "proportional":
-        return read_rows(files, config), sum(counts.values())
-    factors = [targets[name] / counts[name] if counts[name] else 0.0 for name in config.task_names]
-    return read_rows(files, config, factors), int(sum(targets.values()))
+def training_dataset(
+    files: list[str],
+    config: Config,
+    counts: dict[str, int],
+    weight_sums: dict[str, float],
+    teacher_files: list[str] | None = None,
+) -> tuple[ray.data.Dataset, int]:
+    """One epoch of the configured task mix (and long-text weighting); returns the dataset and its expected rows.
+
+    `teacher_files` (`mtl.data.teacher_embeddings`): the same clean rows with a `teacher` column, read instead.
+    """
+    rates, epoch_rows = draw_rates(counts, weight_sums, config.data)
+    every_row_once = config.data.sampling == "proportional" and config.data.long_text_words is None
+    task_rates = None if every_row_once else [rates[name] for name in config.task_names]
+    if teacher_files is None:
+        return read_rows(files, config, task_rates), sum(counts.values()) if every_row_once else epoch_rows
+    dataset = ray.data.read_parquet(teacher_files, num_cpus=DATA_TASK_CPUS)
+    if task_rates is not None:
+        dataset = dataset.map_batches(
+            resample_rows,
+            fn_kwargs={"config_json": config.model_dump_json(), "rates": task_rates},
+            batch_format="pyarrow",
+            num_cpus=DATA_TASK_CPUS,
+        )
+    return dataset, sum(counts.values()) if every_row_once else epoch_rows

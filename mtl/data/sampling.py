@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mtl.config import DataConfig
 
 
 def task_weights(counts: dict[str, int], strategy: str, temperature: float = 1.0) -> dict[str, float]:
@@ -28,16 +32,28 @@ def rows_per_task(counts: dict[str, int], weights: dict[str, float]) -> dict[str
     return {name: int(round(total * weights[name])) for name in counts}
 
 
-def epoch_indices(task_ids: np.ndarray, targets: list[int], rng: np.random.Generator) -> np.ndarray:
-    """Shuffled row indices giving task t `targets[t]` rows (without replacement while rows last)."""
-    chosen = []
-    for task_id, target in enumerate(targets):
-        rows = np.flatnonzero(task_ids == task_id)
-        if target == 0 or rows.size == 0:
-            continue
-        repeats, remainder = divmod(target, rows.size)
-        chosen.extend([rows] * repeats)
-        chosen.append(rng.choice(rows, size=remainder, replace=False))
-    indices = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-    rng.shuffle(indices)
-    return indices
+def row_weights(texts: pa.Array | pa.ChunkedArray, data: DataConfig) -> np.ndarray:
+    """Each row's draw weight within its task: `data.long_text_factor` for rows of at least `data.long_text_words`
+    words (whitespace-separated), else 1."""
+    if data.long_text_words is None:
+        return np.ones(len(texts))
+    words = pc.list_value_length(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(texts)))
+    return np.where(words.to_numpy(zero_copy_only=False) >= data.long_text_words, data.long_text_factor, 1.0)
+
+
+def draw_rates(counts: dict[str, int], weight_sums: dict[str, float], data: DataConfig) -> tuple[dict[str, float], int]:
+    """Expected draws per unit of row weight for each task, and the rows of one epoch.
+
+    Task t gets `rows_per_task` draws in an epoch, spread over its rows in proportion to `row_weights`
+    (`weight_sums[t]` is the sum of its rows' weights), so a row's expected draws are rate[t] x its weight.
+    """
+    targets = rows_per_task(counts, task_weights(counts, data.sampling, data.temperature))
+    rates = {name: targets[name] / weight_sums[name] if weight_sums.get(name) else 0.0 for name in counts}
+    return rates, sum(targets.values())
+
+
+def draw_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """How often each row is drawn: its whole expected draws plus one more with probability of the fraction
+    (unbiased; a row expected at least once is never left out)."""
+    whole = np.floor(expected)
+    return (whole + (rng.random(len(expected)) < expected - whole)).astype(np.int64)

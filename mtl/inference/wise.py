@@ -47,6 +47,7 @@ def blend_export(tuned_dir: Path, start: Path | dict, alpha: float, out_dir: Pat
 def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict:
     """Score every `retain.wise_alphas` candidate (and 1.0) and install the chosen one as `<run_dir>/export`."""
     run_dir = Path(run_dir)
+    device = "cuda" if config.scaling.use_gpu and torch.cuda.is_available() else "cpu"
     export, tuned = run_dir / "export", run_dir / "export_tuned"
     shutil.rmtree(tuned, ignore_errors=True)
     export.rename(tuned)
@@ -54,11 +55,11 @@ def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict
     start_state = AutoModel.from_pretrained(start_dir, local_files_only=True).state_dict()
     rows, _ = read_validated(config.data.validation, config, "data.validation")
     start = blend_export(tuned, start_state, 0.0, run_dir / "wise" / "alpha-0")  # the starting encoder, as exported
-    before = stsb_spearman(ExportedModel.load(start, precision=precision), config.data.stsb)
+    before = stsb_spearman(ExportedModel.load(start, device=device, precision=precision), config.data.stsb)
     table = []
     for alpha in sorted({1.0, *config.retain.wise_alphas}, reverse=True):
         candidate = blend_export(tuned, start_state, alpha, run_dir / "wise" / f"alpha-{alpha:g}")
-        model = ExportedModel.load(candidate, precision=precision)
+        model = ExportedModel.load(candidate, device=device, precision=precision)
         tasks = classification_report(model, rows, config.task_names)
         spearman = stsb_spearman(model, config.data.stsb)
         score = float(np.mean([task["macro_f1"] for task in tasks.values()]))

@@ -12,6 +12,7 @@ from ray.train.torch import TorchTrainer
 
 from mtl.config import Config, ConfigError
 from mtl.data.ray_datasets import read_rows, training_dataset, validate_files
+from mtl.data.teacher_embeddings import teacher_embeddings
 from mtl.inference.exported_model import read_manifest
 from mtl.inference.wise import choose_alpha
 from mtl.train.ray_session import train_worker
@@ -61,14 +62,17 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
 
 def train_on_ray(config: Config) -> dict:
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
-    train_files, train_report, counts = validate_files(config.data.train, config, "data.train")
+    train_files, train_report, counts, weight_sums = validate_files(config.data.train, config, "data.train")
     print(f"data.train: {len(train_files)} files, {json.dumps(train_report.as_dict())}, rows per task {counts}")
     datasets = {}
     if config.data.validation:
-        validation_files, validation_report, _ = validate_files(config.data.validation, config, "data.validation")
+        validation_files, validation_report, *_ = validate_files(config.data.validation, config, "data.validation")
         print(f"data.validation: {len(validation_files)} files, {json.dumps(validation_report.as_dict())}")
         datasets["validation"] = read_rows(validation_files, config)
-    datasets["train"], epoch_rows = training_dataset(train_files, config, counts)
+    teacher_files = None
+    if config.retain.method == "distill" and config.retain.teacher == "cached":
+        teacher_files, _ = teacher_embeddings(train_files, config, sum(counts.values()))
+    datasets["train"], epoch_rows = training_dataset(train_files, config, counts, weight_sums, teacher_files)
     config = config.with_steps_for(epoch_rows)
     # Workers run elsewhere (another cwd, another node): hand them the files, absolute.
     resolved = {"train": [str(Path(f).resolve()) for f in train_files]}

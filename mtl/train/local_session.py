@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from mtl.config import Config, ConfigError
 from mtl.data.contract import expand_paths, read_validated
-from mtl.data.sampling import epoch_indices, rows_per_task, task_weights
+from mtl.data.sampling import draw_counts, draw_rates, row_weights
 from mtl.inference.wise import choose_alpha
 from mtl.train.recipe import Batch, run_training
 from mtl.train.report import write_report
@@ -63,15 +63,17 @@ class LocalSession:
         if config.data.validation:
             self.validation_table, _ = read_validated(config.data.validation, config, "data.validation")
         task_ids = self.train_table.column("task_id").to_numpy()
+        weights = row_weights(self.train_table.column("text"), config.data)
         counts = {name: int((task_ids == i).sum()) for i, name in enumerate(config.task_names)}
-        weights = task_weights(counts, config.data.sampling, config.data.temperature)
-        self.targets = [rows_per_task(counts, weights)[name] for name in config.task_names]
+        weight_sums = {name: float(weights[task_ids == i].sum()) for i, name in enumerate(config.task_names)}
+        rates, self.epoch_rows = draw_rates(counts, weight_sums, config.data)
+        self.expected_draws = np.asarray([rates[name] for name in config.task_names])[task_ids] * weights  # per row
 
     def train_batches(self) -> Iterator[Batch]:
         rng = np.random.default_rng(self.config.train.seed)
-        task_ids = self.train_table.column("task_id").to_numpy()
-        while True:
-            indices = epoch_indices(task_ids, self.targets, rng)
+        while True:  # the same draw rule as the Ray Data path (`clean_rows`), drawn afresh every epoch
+            indices = np.repeat(np.arange(len(self.expected_draws)), draw_counts(self.expected_draws, rng))
+            rng.shuffle(indices)
             yield from table_batches(self.train_table, indices, self.config.train.micro_batch_size, drop_last=True)
 
     def validation_batches(self) -> Iterable[Batch]:
@@ -104,7 +106,7 @@ def train_locally(config: Config) -> dict:
             "set scaling.num_workers=1 or train on Ray (jobs.train)"
         )
     session = LocalSession(config)
-    config = config.with_steps_for(sum(session.targets))
+    config = config.with_steps_for(session.epoch_rows)
     data = config.data.model_copy(update={"train": [str(Path(f).resolve()) for f in session.train_files]})
     config = session.config = config.model_copy(update={"data": data})
     session.run_dir.mkdir(parents=True, exist_ok=True)

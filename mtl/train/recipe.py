@@ -68,13 +68,16 @@ def import_deepspeed(use_gpu: bool):
 def to_device(batch: TokenBatch, tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
     """Pad a token batch to its longest row and move it to the device."""
     padded = pad(tokenizer, batch["input_ids"])
-    return {
+    inputs = {
         "input_ids": padded["input_ids"].to(device),  # (B, T)
         "attention_mask": padded["attention_mask"].to(device),  # (B, T)
         # torch.tensor copies: Ray Data hands out read-only arrays, which torch.as_tensor would warn about.
         "task_ids": torch.tensor(batch["task_id"], dtype=torch.long, device=device),
         "labels": torch.tensor(batch["label"], dtype=torch.long, device=device),
     }
+    if "teacher" in batch:  # cached teacher vectors (mtl.data.teacher_embeddings), (B, H)
+        inputs["teacher"] = torch.tensor(batch["teacher"], dtype=torch.float32, device=device)
+    return inputs
 
 
 def token_batches(batches: Iterable[Batch], tokenizer, config: Config, seed: int, timer=None) -> Iterator[TokenBatch]:
@@ -200,9 +203,7 @@ def run_training(config_data: dict, session: Session) -> dict:
         lr_scheduler=scheduler,
         config=deepspeed_config(config),
     )
-    teacher = (
-        Teacher(build_model(config), config.train.precision, engine.device) if retain.method == "distill" else None
-    )
+    teacher = None  # the online teacher, built on the first batch that carries no cached teacher vectors
     probe = None
     if config.data.stsb:
         ranks = 1 if config.deepspeed.zero_stage == 3 else session.world_size
@@ -241,8 +242,15 @@ def run_training(config_data: dict, session: Session) -> dict:
                 logits, pooled = engine(inputs["input_ids"], inputs["attention_mask"], return_pooled=True)
                 loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing)
                 if retain.method == "distill":
-                    with timer.phase("teacher"):
-                        target = teacher(inputs["input_ids"], inputs["attention_mask"])
+                    if "teacher" in inputs:
+                        target = inputs["teacher"]
+                    else:
+                        with timer.phase("teacher"):
+                            if teacher is None:
+                                teacher = Teacher(build_model(config), config.train.precision, engine.device)
+                                if session.rank == 0:
+                                    print("distill: teacher vectors computed online in every step", flush=True)
+                            target = teacher(inputs["input_ids"], inputs["attention_mask"])
                     per_task["retain"] = distill_loss(pooled, target)
                 elif retain.method == "l2sp":
                     per_task["retain"] = l2sp_loss(engine.module.named_parameters(), start_weights)
