@@ -84,9 +84,7 @@ def test_length_grouping_keeps_each_cached_vector_with_its_row(tiny_backbone):
     for start in range(0, 64, 16):
         ids = np.arange(start, start + 16)
         texts = np.array([" ".join(["word"] * int(n)) for n in rng.integers(1, 20, 16)], dtype=object)
-        batches.append(
-            {"text": texts, "task_id": (ids % 2).astype(np.int32), "label": ids, "teacher": np.eye(64)[ids]}
-        )
+        batches.append({"text": texts, "task_id": (ids % 2).astype(np.int32), "label": ids, "teacher": np.eye(64)[ids]})
     out = list(length_grouped(batches, tokenizer, 32, window=4, seed=0))
     for batch in out:  # the label is the row id here: its vector must be that row's one-hot
         np.testing.assert_array_equal(batch["teacher"].argmax(axis=1), batch["label"])

@@ -70,7 +70,9 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
                 parts[batch].append(part)
         chunks = [np.concatenate(batch_parts) for batch_parts in parts]
         chunks = [chunks[index] for index in rng.permutation(len(chunks))]
-    out = [{"input_ids": [ids[row] for row in rows], "task_id": task_ids[rows], "label": labels[rows]} for rows in chunks]
+    out = [
+        {"input_ids": [ids[row] for row in rows], "task_id": task_ids[rows], "label": labels[rows]} for rows in chunks
+    ]
     if teacher is not None:
         for batch, rows in zip(out, chunks, strict=True):
             batch["teacher"] = teacher[rows]
