@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ray.init()
+    # A batch job that starts its own local Ray needs no dashboard (on a small machine its processes compete with
+    # the actors for the first seconds); joining a cluster (RAY_ADDRESS, ray job submit) ignores this.
+    ray.init(include_dashboard=False)
     summary = run_embedding(options)
     print(json.dumps(summary))
     return summary

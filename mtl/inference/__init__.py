@@ -1,12 +1,26 @@
-"""Everything that reads or writes an export: `ExportedModel` and the output maths the Serve deployments share."""
+"""Everything that reads or writes an export: `ExportedModel` and the output maths the Serve deployments share.
 
-from mtl.inference.exported_model import ExportedModel as ExportedModel
-from mtl.inference.exported_model import head_path as head_path
-from mtl.inference.exported_model import head_probabilities as head_probabilities
-from mtl.inference.exported_model import label_entries as label_entries
-from mtl.inference.exported_model import load_task_head as load_task_head
-from mtl.inference.exported_model import model_info as model_info
-from mtl.inference.exported_model import normalize_rows as normalize_rows
-from mtl.inference.exported_model import pair_cosine as pair_cosine
-from mtl.inference.exported_model import read_manifest as read_manifest
-from mtl.inference.exported_model import select_tasks as select_tasks
+Names are loaded on first use, so `import mtl.inference.batch` (a batch job's driver) does not pay for torch.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "ExportedModel": "exported_model",
+    "head_probabilities": "exported_model",
+    "label_entries": "exported_model",
+    "load_task_head": "exported_model",
+    "normalize_rows": "exported_model",
+    "pair_cosine": "exported_model",
+    "head_path": "manifest",
+    "model_info": "manifest",
+    "read_manifest": "manifest",
+    "select_tasks": "manifest",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mtl.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mtl.inference.{_EXPORTS[name]}"), name)

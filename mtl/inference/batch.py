@@ -17,11 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mtl.data.contract import DataError, expand_paths
-from mtl.inference.exported_model import ExportedModel, normalize_rows, read_manifest, select_tasks
+from mtl.inference.manifest import read_manifest, select_tasks
 
 
 class EmbedOptions(BaseModel):
@@ -96,6 +95,11 @@ class EmbedBatch:
     """The Ray Data callable: one `ExportedModel` per actor, pyarrow batches in and out."""
 
     def __init__(self, options: EmbedOptions):
+        import torch  # in the actor only: the driver's pre-flight needs no torch
+
+        from mtl.inference.exported_model import ExportedModel, normalize_rows
+
+        self.normalize_rows = normalize_rows
         if options.threads:
             torch.set_num_threads(options.threads)
         device = "cuda" if options.gpus_per_actor > 0 else "cpu"
@@ -111,7 +115,7 @@ class EmbedBatch:
             batch = batch.filter(pa.array(keep))
             texts = batch.column(options.text_column)
         pooled = self.model.encode(texts.to_pylist(), batch_size=64).numpy()  # (B, H) float32
-        vectors = normalize_rows(pooled) if options.normalize else pooled
+        vectors = self.normalize_rows(pooled) if options.normalize else pooled
         dim = vectors.shape[1]
         columns = {name: batch.column(name) for name in options.keep_columns}
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)

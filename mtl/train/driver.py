@@ -31,6 +31,17 @@ def existing_file(path: str, key: str) -> Path:
     return Path(path)
 
 
+def check_rows_per_worker(epoch_rows: int, config: Config) -> None:
+    """Refuse data too small for one micro batch per worker: no step could ever run (it would wait forever)."""
+    per_worker = epoch_rows // config.scaling.num_workers
+    if per_worker < config.train.micro_batch_size:
+        raise ConfigError(
+            f"data.train: an epoch of {epoch_rows} rows gives each of scaling.num_workers={config.scaling.num_workers} "
+            f"workers {per_worker} rows, fewer than train.micro_batch_size={config.train.micro_batch_size}; "
+            "lower either or add rows"
+        )
+
+
 def check_cpu_budget(config: Config) -> None:
     """Refuse a layout where the training workers leave Ray Data no CPU (it would hang, silently)."""
     total = float(ray.cluster_resources().get("CPU", 0))
@@ -73,6 +84,7 @@ def train_on_ray(config: Config) -> dict:
     if config.retain.method == "distill" and config.retain.teacher == "cached":
         teacher_files, _ = teacher_embeddings(train_files, config, sum(counts.values()))
     datasets["train"], epoch_rows = training_dataset(train_files, config, counts, weight_sums, teacher_files)
+    check_rows_per_worker(epoch_rows, config)
     config = config.with_steps_for(epoch_rows)
     # Workers run elsewhere (another cwd, another node): hand them the files, absolute.
     resolved = {"train": [str(Path(f).resolve()) for f in train_files]}

@@ -67,6 +67,11 @@ class LocalSession:
         counts = {name: int((task_ids == i).sum()) for i, name in enumerate(config.task_names)}
         weight_sums = {name: float(weights[task_ids == i].sum()) for i, name in enumerate(config.task_names)}
         rates, self.epoch_rows = draw_rates(counts, weight_sums, config.data)
+        if self.epoch_rows < config.train.micro_batch_size:
+            raise ConfigError(
+                f"data.train: an epoch holds {self.epoch_rows} rows, fewer than train.micro_batch_size="
+                f"{config.train.micro_batch_size}; no step could run"
+            )
         self.expected_draws = np.asarray([rates[name] for name in config.task_names])[task_ids] * weights  # per row
 
     def train_batches(self) -> Iterator[Batch]:
@@ -74,6 +79,8 @@ class LocalSession:
         while True:  # the same draw rule as the Ray Data path (`clean_rows`), drawn afresh every epoch
             indices = np.repeat(np.arange(len(self.expected_draws)), draw_counts(self.expected_draws, rng))
             rng.shuffle(indices)
+            if len(indices) < self.config.train.micro_batch_size:  # a (rare, random) epoch too small for a step
+                continue
             yield from table_batches(self.train_table, indices, self.config.train.micro_batch_size, drop_last=True)
 
     def validation_batches(self) -> Iterable[Batch]:

@@ -28,13 +28,21 @@ class RaySession:
     def train_batches(self) -> Iterator[Batch]:
         shard = ray.train.get_dataset_shard("train")
         while True:  # every rank runs the same number of steps, so epochs simply repeat
-            yield from shard.iter_batches(
+            batches = 0
+            for batch in shard.iter_batches(
                 batch_size=self.micro_batch_size,
                 batch_format="numpy",
                 drop_last=True,
                 local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
                 local_shuffle_seed=self.seed + self.rank,
-            )
+            ):
+                batches += 1
+                yield batch
+            if batches == 0:  # an epoch without one full micro batch would repeat forever
+                raise RuntimeError(
+                    f"rank {self.rank}: a whole epoch of its data.train shard held fewer rows than one micro batch "
+                    f"(train.micro_batch_size={self.micro_batch_size}); lower it or scaling.num_workers"
+                )
 
     def validation_batches(self) -> Iterable[Batch]:
         if not self.has_validation:

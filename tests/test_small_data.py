@@ -1,0 +1,39 @@
+"""Data too small for a micro batch stops with an error naming the settings, never a silent endless wait."""
+
+import pytest
+
+from mtl.config import ConfigError
+from mtl.train import ray_session
+from mtl.train.driver import check_rows_per_worker
+from mtl.train.local_session import train_locally
+from tests.conftest import synthetic_rows, write_parquet
+
+
+def test_driver_refuses_fewer_rows_per_worker_than_a_micro_batch(make_config):
+    config = make_config(train={"micro_batch_size": 32}, scaling={"num_workers": 2, "cpus_per_worker": 0.5})
+    with pytest.raises(ConfigError, match=r"5 rows gives each of scaling.num_workers=2 workers 2 rows.*micro_batch"):
+        check_rows_per_worker(5, config)
+    check_rows_per_worker(64, config)  # exactly one micro batch each: fine
+
+
+def test_local_training_refuses_a_five_row_file(make_config, tmp_path):
+    path = write_parquet(tmp_path / "five.parquet", synthetic_rows(5))
+    config = make_config(data={"train": [str(path)], "validation": []}, train={"micro_batch_size": 32})
+    with pytest.raises(ConfigError, match="an epoch holds 5 rows, fewer than train.micro_batch_size=32"):
+        train_locally(config)
+
+
+def test_a_ray_shard_without_one_full_micro_batch_raises_instead_of_spinning(monkeypatch):
+    calls = []
+
+    class EmptyShard:
+        def iter_batches(self, **kwargs):
+            calls.append(kwargs["batch_size"])
+            return iter(())
+
+    monkeypatch.setattr(ray_session.ray.train, "get_dataset_shard", lambda name: EmptyShard())
+    session = object.__new__(ray_session.RaySession)
+    session.__dict__.update(rank=1, micro_batch_size=32, seed=0)
+    with pytest.raises(RuntimeError, match=r"rank 1: .*fewer rows than one micro batch \(train.micro_batch_size=32\)"):
+        next(session.train_batches())
+    assert calls == [32]  # one epoch tried, not an endless loop
