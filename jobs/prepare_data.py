@@ -1,7 +1,11 @@
 """Per-task sources -> sharded mixed-task Parquet (`text`, `task`, `label`) plus `labels.json`.
 
     python -m jobs.prepare_data --task sentiment=data/sample/sentiment.tsv --labels sentiment=negative,positive \
-        --task topic=data/sample/topic.tsv --output runs/demo/data
+        --task topic=data/sample/topic.tsv --output runs/demo/data [--config jobs/configs/poc.yaml]
+
+With --config the label ids written follow that config's `tasks.*.labels` order (a source label it lacks is an
+error); without it, the order of --labels, of the source's labels.json, or sorted names. Training refuses data
+whose labels.json orders a task's labels differently from its config.
 
 Through Ray: ray job submit --working-dir . -- python -m jobs.prepare_data --task ... --output ...
 """
@@ -12,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mtl.config import load_config
 from mtl.data.prepare import prepare
 
 
@@ -33,15 +38,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shard-rows", type=int, default=20_000)
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", help="training config: label ids follow its tasks.*.labels order")
     args = parser.parse_args(argv)
     labels = {task: names.split(",") for task, names in _pairs(args.labels, "--labels").items()}
+    sources = {task: Path(path) for task, path in _pairs(args.task, "--task").items()}
+    order = None
+    if args.config:
+        config = load_config(args.config)
+        unknown = [task for task in sources if task not in config.tasks]
+        if unknown:
+            parser.error(f"--task {unknown}: not in {args.config} (tasks: {list(config.tasks)})")
+        order = {task: list(config.tasks[task].labels) for task in sources}
     summary = prepare(
-        {task: Path(path) for task, path in _pairs(args.task, "--task").items()},
+        sources,
         labels,
         args.output,
         shard_rows=args.shard_rows,
         validation_fraction=args.validation_fraction,
         seed=args.seed,
+        order=order,
     )
     print(json.dumps(summary))
     return summary

@@ -9,6 +9,7 @@ Validated rows come out as `text` (string), `task_id` (int32, index into the con
 from __future__ import annotations
 
 import glob
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -168,6 +169,41 @@ def _allowed(reason: str, config: Config, task: object) -> str:
     return ""
 
 
+def labels_beside(path: str | Path) -> tuple[Path, dict[str, list[str]]] | None:
+    """The `labels.json` next to a data file, as task -> label names in id order; None if there is none.
+
+    Two layouts: `jobs.prepare_data`'s `{task: [names]}` and `{"tasks": {task: {"names": [names]}}}`.
+    """
+    labels_file = Path(path).parent / "labels.json"
+    if not labels_file.is_file():
+        return None
+    try:
+        content = json.loads(labels_file.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{labels_file}: not valid JSON: {error}") from error
+    tasks = content.get("tasks", content) if isinstance(content, dict) else {}
+    names = {}
+    for task, entry in tasks.items():
+        entry = entry.get("names") if isinstance(entry, dict) else entry
+        if isinstance(entry, list):
+            names[task] = [str(name) for name in entry]
+    return labels_file, names
+
+
+def check_label_order(path: str, config: Config) -> None:
+    """Integer label ids mean what the `labels.json` beside them says: refuse a config that orders them otherwise."""
+    found = labels_beside(path)
+    if found is None:
+        return
+    labels_file, names = found
+    for task, settings in config.tasks.items():
+        if task in names and names[task] != list(settings.labels):
+            raise DataError(
+                f"{labels_file}: label ids of task {task!r} mean {names[task]}, but tasks.{task}.labels is "
+                f"{list(settings.labels)}: every {task} label would shift; list them in the data's order"
+            )
+
+
 def iter_validated(files: list[str], config: Config, batch_rows: int = 65_536) -> Iterator[tuple[pa.Table, RowReport]]:
     """Stream each file in record batches, yielding clean rows; constant memory per batch."""
     columns = [config.data.text_column, config.data.task_column, config.data.label_column]
@@ -177,6 +213,8 @@ def iter_validated(files: list[str], config: Config, batch_rows: int = 65_536) -
         except (OSError, pa.ArrowInvalid) as error:
             raise DataError(f"{path}: not a readable Parquet file: {error}") from error
         label_kind = check_schema(parquet.schema_arrow, path, config.data)
+        if label_kind == "integer":  # names are matched by name; ids only mean something in the data's order
+            check_label_order(path, config)
         first_row = 0
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
             yield validate_batch(batch, path, first_row, config, label_kind)

@@ -63,6 +63,16 @@ def source_rows(path: Path, task: str, label_names: list[str] | None) -> tuple[p
     return rows, label_names
 
 
+def reorder_labels(rows: pa.Table, names: list[str], order: list[str], task: str) -> tuple[pa.Table, list[str]]:
+    """Re-number a task's label ids from the source's `names` to `order`."""
+    missing = [name for name in names if name not in order]
+    if missing:
+        raise DataError(f"task {task!r}: source labels {missing} are not in the config's tasks.{task}.labels {order}")
+    mapping = np.array([order.index(name) for name in names], dtype=np.int64)
+    ids = mapping[rows.column("label").to_numpy()]
+    return rows.set_column(rows.column_names.index("label"), "label", pa.array(ids)), order
+
+
 def _labels_json_beside(path: Path, task: str) -> list[str]:
     labels_file = path.parent / "labels.json"
     if labels_file.is_file():
@@ -79,11 +89,18 @@ def prepare(
     shard_rows: int = 20_000,
     validation_fraction: float = 0.1,
     seed: int = 0,
+    order: dict[str, list[str]] | None = None,
 ) -> dict:
-    """Mix, shuffle, split and shard; write `labels.json` beside the shards. Returns a summary."""
+    """Mix, shuffle, split and shard; write `labels.json` beside the shards. Returns a summary.
+
+    `order` (task -> label names, e.g. a training config's `tasks.*.labels`): the ids written follow it, whatever the
+    source's own order; a source label it does not list is an error.
+    """
     tables, names = [], {}
     for task, path in sources.items():
         rows, names[task] = source_rows(Path(path), task, labels.get(task))
+        if order and task in order:
+            rows, names[task] = reorder_labels(rows, names[task], list(order[task]), task)
         tables.append(rows)
     mixed = pa.concat_tables(tables)
     mixed = mixed.take(np.random.default_rng(seed).permutation(mixed.num_rows))

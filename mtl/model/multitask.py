@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -42,10 +44,31 @@ def build_model(config: Config) -> MultiTaskModel:
     torch.manual_seed(config.train.seed)
     model = MultiTaskModel(encoder, pooling, {name: len(task.labels) for name, task in config.tasks.items()})
     if config.model.init_from:
-        for name, head in model.heads.items():
-            path = source / "heads" / f"{name}.safetensors"
-            if path.is_file():
-                load_head_into(head, path)
-            else:
-                print(f"model.init_from: {path} not found, head {name!r} starts from random weights")
+        load_init_heads(model, config, source)
     return model
+
+
+def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None:
+    """Heads of `model.init_from` for the tasks it has, checked by label names, not only by shape.
+
+    A task the export lacks starts from random weights (said once); if that task is frozen, it is an error.
+    """
+    from mtl.inference.manifest import read_manifest, task_labels
+
+    exported = task_labels(read_manifest(source))
+    for name, head in model.heads.items():
+        labels = list(config.tasks[name].labels)
+        if name not in exported:
+            if name in config.finetune.freeze_heads:
+                raise ValueError(
+                    f"model.init_from={source}: has no head for task {name!r} (it has {list(exported)}), "
+                    f"but finetune.freeze_heads keeps {name!r} fixed: it would be exported untrained"
+                )
+            print(f"model.init_from: {source} has no task {name!r}; its head starts from random weights")
+            continue
+        if exported[name] != labels:
+            raise ValueError(
+                f"model.init_from={source}: task {name!r} was trained with labels {exported[name]}, "
+                f"tasks.{name}.labels is {labels}; list them in the export's order"
+            )
+        load_head_into(head, source / "heads" / f"{name}.safetensors")
