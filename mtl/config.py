@@ -225,6 +225,9 @@ class RunConfig(Section):
     """Worker failures to recover from by restarting from the last checkpoint (-1 = unlimited)."""
     keep_checkpoints: int = Field(2, ge=1)
     """Checkpoints kept on storage (the newest ones)."""
+    if_exists: Literal["resume", "fresh"] = "resume"
+    """A run directory of this name exists: resume it (refused if its recorded config or data differ), or set it
+    aside as `<name>.replaced-<time>` and start fresh."""
 
 
 class Config(Section):

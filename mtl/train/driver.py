@@ -17,6 +17,7 @@ from mtl.inference.exported_model import read_manifest
 from mtl.inference.wise import choose_alpha
 from mtl.train.ray_session import train_worker
 from mtl.train.report import read_history, write_report
+from mtl.train.run_record import check_or_record
 
 
 def storage_root(config: Config) -> str:
@@ -97,6 +98,7 @@ def train_on_ray(config: Config) -> dict:
 
     root = storage_root(config)
     run_dir = f"{root}/{config.run.name}"
+    check_or_record(run_dir, config, train_files)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={

@@ -22,6 +22,7 @@ from mtl.data.sampling import draw_counts, draw_rates, row_weights
 from mtl.inference.wise import choose_alpha
 from mtl.train.recipe import Batch, run_training
 from mtl.train.report import write_report
+from mtl.train.run_record import check_or_record
 
 
 def ensure_single_process_group(use_gpu: bool) -> None:
@@ -116,7 +117,7 @@ def train_locally(config: Config) -> dict:
     config = config.with_steps_for(session.epoch_rows)
     data = config.data.model_copy(update={"train": [str(Path(f).resolve()) for f in session.train_files]})
     config = session.config = config.model_copy(update={"data": data})
-    session.run_dir.mkdir(parents=True, exist_ok=True)
+    check_or_record(session.run_dir, config, session.train_files)
     ensure_single_process_group(config.scaling.use_gpu)
     result = run_training(config.model_dump(mode="json"), session)
     if config.retain.wise_alphas:
