@@ -105,6 +105,7 @@ def train_on_ray(config: Config) -> dict:
             "config": config.model_dump(mode="json"),
             "run_dir": run_dir,
             "has_validation": "validation" in datasets,
+            "teacher_vectors": teacher_files is not None,
             "env": worker_env(config.scaling.use_gpu),
         },
         scaling_config=ray.train.ScalingConfig(

@@ -53,6 +53,7 @@ class LocalSession:
 
     rank = 0
     world_size = 1
+    teacher_vectors = False  # no Ray Data here: a distill teacher runs online
 
     def __init__(self, config: Config):
         self.config = config

@@ -16,7 +16,7 @@ SHUFFLE_BUFFER_ROWS = 2_048
 
 
 class RaySession:
-    def __init__(self, config_data: dict, run_dir: str, has_validation: bool):
+    def __init__(self, config_data: dict, run_dir: str, has_validation: bool, teacher_vectors: bool = False):
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -24,6 +24,7 @@ class RaySession:
         self.micro_batch_size = int(config_data["train"]["micro_batch_size"])
         self.seed = int(config_data["train"]["seed"])
         self.has_validation = has_validation
+        self.teacher_vectors = teacher_vectors
 
     def train_batches(self) -> Iterator[Batch]:
         shard = ray.train.get_dataset_shard("train")
@@ -68,7 +69,12 @@ def train_worker(worker_config: dict) -> None:
     """`train_loop_per_worker` for `TorchTrainer`: the config arrives as plain data."""
     for name, value in worker_config.get("env", {}).items():
         os.environ.setdefault(name, value)
-    session = RaySession(worker_config["config"], worker_config["run_dir"], worker_config["has_validation"])
+    session = RaySession(
+        worker_config["config"],
+        worker_config["run_dir"],
+        worker_config["has_validation"],
+        worker_config.get("teacher_vectors", False),
+    )
     threads = worker_config["config"]["scaling"].get("torch_threads")
     if threads:
         torch.set_num_threads(threads)

@@ -42,6 +42,7 @@ class Session(Protocol):
     rank: int
     world_size: int
     run_dir: Path
+    teacher_vectors: bool  # training batches carry cached `teacher` vectors (retain.teacher: cached, on Ray)
 
     def train_batches(self) -> Iterator[Batch]:
         """Endless micro batches of this rank's shard (re-shuffled every epoch)."""
@@ -203,7 +204,11 @@ def run_training(config_data: dict, session: Session) -> dict:
         lr_scheduler=scheduler,
         config=deepspeed_config(config),
     )
-    teacher = None  # the online teacher, built on the first batch that carries no cached teacher vectors
+    teacher = None
+    if retain.method == "distill" and not session.teacher_vectors:
+        teacher = Teacher(build_model(config), config.train.precision, engine.device)
+        if session.rank == 0:
+            print("distill: teacher vectors computed online in every step", flush=True)
     probe = None
     if config.data.stsb:
         ranks = 1 if config.deepspeed.zero_stage == 3 else session.world_size
@@ -242,14 +247,10 @@ def run_training(config_data: dict, session: Session) -> dict:
                 logits, pooled = engine(inputs["input_ids"], inputs["attention_mask"], return_pooled=True)
                 loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing)
                 if retain.method == "distill":
-                    if "teacher" in inputs:
+                    if teacher is None:  # cached vectors stream with the rows (mtl.data.teacher_embeddings)
                         target = inputs["teacher"]
                     else:
                         with timer.phase("teacher"):
-                            if teacher is None:
-                                teacher = Teacher(build_model(config), config.train.precision, engine.device)
-                                if session.rank == 0:
-                                    print("distill: teacher vectors computed online in every step", flush=True)
                             target = teacher(inputs["input_ids"], inputs["attention_mask"])
                     per_task["retain"] = distill_loss(pooled, target)
                 elif retain.method == "l2sp":

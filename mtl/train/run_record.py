@@ -17,8 +17,12 @@ import pyarrow.parquet as pq
 from mtl.config import Config, ConfigError
 
 RECORD = "run.json"
-# Settings a resumed run may change: how often it logs and keeps, and how it reacts to failures.
-MAY_CHANGE = {"run.max_failures", "run.keep_checkpoints", "run.if_exists", "train.log_every", "train.profile_phases"}
+# Settings a resumed run may change: how long it runs on, how often it logs, validates and keeps checkpoints, and
+# how it reacts to failures.
+MAY_CHANGE = {
+    "run.max_failures", "run.keep_checkpoints", "run.if_exists", "train.max_steps", "train.log_every",
+    "train.eval_every", "train.checkpoint_every", "train.profile_phases",
+}  # fmt: skip
 
 
 def data_fingerprint(files: list[str]) -> list[dict]:
