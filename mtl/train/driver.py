@@ -32,6 +32,23 @@ def existing_file(path: str, key: str) -> Path:
     return Path(path)
 
 
+def resolved_model_paths(config: Config) -> Config:
+    """`model.init_from` and a local `model.backbone` as absolute paths: workers run in another directory (or node)."""
+    updates = {}
+    if config.model.init_from:
+        init_from = Path(config.model.init_from).expanduser()
+        if not (init_from / "mtl.json").is_file():
+            raise ConfigError(
+                f"model.init_from={config.model.init_from!r}: not an export directory (no mtl.json; relative paths "
+                f"start at {Path.cwd()})"
+            )
+        updates["init_from"] = str(init_from.resolve())
+    backbone = Path(config.model.backbone).expanduser()
+    if backbone.is_dir():
+        updates["backbone"] = str(backbone.resolve())
+    return config.model_copy(update={"model": config.model.model_copy(update=updates)}) if updates else config
+
+
 def check_rows_per_worker(epoch_rows: int, config: Config) -> None:
     """Refuse data too small for one micro batch per worker: no step could ever run (it would wait forever)."""
     per_worker = epoch_rows // config.scaling.num_workers
@@ -74,6 +91,7 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
 
 def train_on_ray(config: Config) -> dict:
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
+    config = resolved_model_paths(config)
     train_files, train_report, counts, weight_sums = validate_files(config.data.train, config, "data.train")
     print(f"data.train: {len(train_files)} files, {json.dumps(train_report.as_dict())}, rows per task {counts}")
     datasets = {}

@@ -1,4 +1,5 @@
-"""Data too small for a micro batch stops with an error naming the settings, never a silent endless wait."""
+"""Pre-flight before any worker starts: data too small for a micro batch stops with an error naming the settings
+(never a silent endless wait), and workers get absolute model paths."""
 
 import pytest
 
@@ -37,3 +38,14 @@ def test_a_ray_shard_without_one_full_micro_batch_raises_instead_of_spinning(mon
     with pytest.raises(RuntimeError, match=r"rank 1: .*fewer rows than one micro batch \(train.micro_batch_size=32\)"):
         next(session.train_batches())
     assert calls == [32]  # one epoch tried, not an endless loop
+
+
+def test_driver_hands_workers_absolute_model_paths(make_config, tiny_export, tiny_backbone, tmp_path, monkeypatch):
+    from mtl.train.driver import resolved_model_paths
+
+    monkeypatch.chdir(tiny_export.parent)
+    config = make_config(model={"init_from": tiny_export.name, "backbone": str(tiny_backbone)})
+    resolved = resolved_model_paths(config)
+    assert resolved.model.init_from == str(tiny_export.resolve())
+    with pytest.raises(ConfigError, match=r"model.init_from='nowhere': not an export directory"):
+        resolved_model_paths(make_config(model={"init_from": "nowhere"}))
