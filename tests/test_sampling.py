@@ -93,3 +93,14 @@ def test_local_session_draws_afresh_every_epoch(make_config, tmp_path):
 def test_long_text_factor_needs_a_length(make_config):
     with pytest.raises(ConfigError, match="data.long_text_factor needs data.long_text_words"):
         make_config(data={"long_text_factor": 2.0})
+
+
+def test_ray_data_map_draws_afresh_every_epoch(make_config, tmp_path):
+    path = write_parquet(tmp_path / "mixed.parquet", mixed_rows(1_600, 400))
+    config = make_config(data={"train": [str(path)], "sampling": "temperature"})
+    _, _, counts, weight_sums = validate_files(config.data.train, config, "data.train")
+    rates, _ = draw_rates(counts, weight_sums, config.data)
+    raw, config_json = pq.read_table(path), config.model_dump_json()
+    epochs = [clean_rows(raw, config_json, [rates[name] for name in config.task_names]) for _ in range(2)]
+    first, second = (set(epoch.column("text").to_pylist()) for epoch in epochs)
+    assert first != second  # sentiment rows are drawn at a rate < 1: a different subset each epoch

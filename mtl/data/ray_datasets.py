@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -57,7 +56,8 @@ def clean_rows(batch: pa.Table, config_json: str, rates: list[float] | None = No
     """Ray Data map: contract rows -> `text`, `task_id`, `label`, dropping what the pre-flight counted.
 
     With `rates`, a row of task t is drawn rates[t] x its `row_weights` times (`draw_counts`: whole copies plus a
-    seeded random fraction), which mixes tasks in the same streaming pass instead of re-reading the files per task.
+    random fraction, drawn afresh every epoch), which mixes tasks in the same streaming pass instead of re-reading
+    the files per task.
     """
     config = _skip_config(config_json)
     label_type = batch.schema.field(config.data.label_column).type
@@ -72,8 +72,9 @@ def resample_rows(clean: pa.Table, config_json: str, rates: list[float]) -> pa.T
         return clean
     config = _skip_config(config_json)
     expected = np.asarray(rates)[clean.column("task_id").to_numpy()] * row_weights(clean.column("text"), config.data)
-    seed = config.train.seed + zlib.crc32(clean.column("text")[0].as_py().encode())
-    copies = draw_counts(expected, np.random.default_rng(seed))
+    # Fresh draws every time Ray Data runs the map (every epoch): a seed derived from the block would leave out the
+    # same rows in every epoch. (Ray Data's streaming order is not reproducible run to run anyway.)
+    copies = draw_counts(expected, np.random.default_rng())
     return clean.take(np.repeat(np.arange(clean.num_rows), copies))
 
 
