@@ -168,6 +168,11 @@ class TrainConfig(Section):
     """Rows per forward pass on each worker."""
     grad_accum_steps: int = Field(1, ge=1)
     """Micro batches accumulated per optimizer step."""
+    task_loss: Literal["task_mean", "row_mean"] = "task_mean"
+    """How a batch's rows of each task add up: `task_mean` = loss_weight x the mean over the task's rows (a task's
+    weight per batch is fixed, so a single row of a task carries all of it); `row_mean` = loss_weight x the sum over
+    the task's rows / rows in the batch (every row counts alike; a task weighs as much as its share of the batch,
+    which `data.sampling` sets)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Training precision; bf16 runs on CPUs with avx512-bf16/AMX and on recent GPUs."""
     compile: bool = False

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,3 +48,18 @@ def test_label_smoothing_applies_only_to_the_named_task():
     sentiment = F.cross_entropy(logits["sentiment"][[1, 2]], labels[[1, 2]])
     assert torch.allclose(per_task["topic"], topic)
     assert torch.allclose(per_task["sentiment"], sentiment)
+
+
+def test_one_row_of_a_task_weighs_the_task_under_task_mean_and_one_row_under_row_mean():
+    torch.manual_seed(0)
+    logits = {"topic": torch.randn(64, 6), "sentiment": torch.randn(64, 2)}
+    task_ids = torch.tensor([0] + [1] * 63)  # one topic row among 63 sentiment rows
+    labels = torch.tensor([3] + [1] * 63)
+    weights = {"topic": 1.0, "sentiment": 1.0}
+    rows_topic = F.cross_entropy(logits["topic"][:1], labels[:1], reduction="sum")
+    rows_sentiment = F.cross_entropy(logits["sentiment"][1:], labels[1:], reduction="sum")
+    task_mean, per_task = multitask_loss(logits, task_ids, labels, weights)
+    row_mean, per_task_rows = multitask_loss(logits, task_ids, labels, weights, reduction="row_mean")
+    assert task_mean == pytest.approx(float(rows_topic + rows_sentiment / 63), rel=1e-5)
+    assert row_mean == pytest.approx(float((rows_topic + rows_sentiment) / 64), rel=1e-5)
+    assert float(per_task["topic"]) == float(per_task_rows["topic"]) == pytest.approx(float(rows_topic))

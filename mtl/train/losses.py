@@ -12,8 +12,13 @@ def multitask_loss(
     labels: torch.Tensor,
     loss_weights: dict[str, float],
     label_smoothing: dict[str, float] | None = None,
+    reduction: str = "task_mean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of each task's mean cross-entropy over its own rows.
+    """Weighted sum over tasks of each task's cross-entropy over its own rows.
+
+    `reduction` (`train.task_loss`): `task_mean` divides a task's summed row losses by its rows in the batch (each
+    task weighs `loss_weight` in every batch it appears in, however few its rows); `row_mean` divides by the rows of
+    the whole batch (each row weighs alike, a task in proportion to its rows).
 
     `logits` maps task name (in task-id order) to `(B, n_labels)`; `task_ids` and `labels` are `(B,)`.
     A task with no row in the batch still enters the graph with weight zero, so every head gets a
@@ -30,7 +35,9 @@ def multitask_loss(
         row_losses = F.cross_entropy(
             task_logits.float(), safe_labels, reduction="none", label_smoothing=smoothing
         )  # (B,)
-        task_loss = (row_losses * mask).sum() / mask.sum().clamp(min=1)
-        per_task[task_name] = task_loss.detach()
-        total = total + loss_weights[task_name] * task_loss
+        summed = (row_losses * mask).sum()
+        task_loss = summed / mask.sum().clamp(min=1)
+        per_task[task_name] = task_loss.detach()  # logged as the task's mean loss either way
+        contribution = task_loss if reduction == "task_mean" else summed / len(task_ids)
+        total = total + loss_weights[task_name] * contribution
     return total, per_task

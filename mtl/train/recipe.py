@@ -245,7 +245,9 @@ def run_training(config_data: dict, session: Session) -> dict:
             step_real_tokens += int(inputs["attention_mask"].sum()) * session.world_size
             with timer.phase("forward"):
                 logits, pooled = engine(inputs["input_ids"], inputs["attention_mask"], return_pooled=True)
-                loss, per_task = multitask_loss(logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing)
+                loss, per_task = multitask_loss(
+                    logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing, config.train.task_loss
+                )
                 if retain.method == "distill":
                     if teacher is None:  # cached vectors stream with the rows (mtl.data.teacher_embeddings)
                         target = inputs["teacher"]
