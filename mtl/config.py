@@ -47,6 +47,8 @@ class TaskConfig(Section):
     """Weight of this task's mean cross-entropy in the summed loss."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     """Cross-entropy label smoothing for this task's training loss (validation loss stays plain)."""
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+    """Accuracy the export should reach on data.validation; the run result and report.json say whether it does."""
 
     @field_validator("labels")
     @classmethod

@@ -12,7 +12,7 @@ from mtl.model.multitask import build_model
 from mtl.model.strategies import apply_strategy
 from mtl.train.local_session import train_locally
 from mtl.train.retention import Teacher, distill_loss, l2sp_loss
-from tests.conftest import write_parquet
+from tests.conftest import SENTIMENT, TOPIC, write_parquet
 
 pytestmark = pytest.mark.timeout(300)
 TEXTS = ["the film was great", "who wrote hamlet ?", "a dull , lifeless mess of a film"]
@@ -59,8 +59,9 @@ def test_runs_log_retention_and_best_respects_the_stsb_budget(make_config, tmp_p
         "train": {"max_steps": 30, "eval_every": 5, "checkpoint_every": 30, "log_every": 5},
     }
     budget = 0.05
+    targets = {"sentiment": {"labels": SENTIMENT, "target_accuracy": 0.6}, "topic": {"labels": TOPIC}}
     result = train_locally(
-        make_config(**sections, retain={"method": "distill", "weight": 0.5, "max_stsb_drop": budget})
+        make_config(**sections, tasks=targets, retain={"method": "distill", "weight": 0.5, "max_stsb_drop": budget})
     )
     history = [json.loads(line) for line in (Path(result["run_dir"]) / "history.jsonl").read_text().splitlines()]
     train_losses = [record["loss"]["retain"] for record in history if record["kind"] == "train"]
@@ -76,6 +77,11 @@ def test_runs_log_retention_and_best_respects_the_stsb_budget(make_config, tmp_p
         assert best_step not in over, (best_step, over)
         assert retention["best_within_budget"] is True
     assert retention["final_within_budget"] == (validations[-1]["stsb"]["drop"] <= budget)
+    checks = result["report"]["targets"]  # the run summary says whether each configured target is met
+    accuracy = result["metrics"]["sentiment"]["accuracy"]
+    assert checks["sentiment"] == {"target": 0.6, "accuracy": accuracy, "met": accuracy >= 0.6}
+    assert "topic" not in checks and checks["stsb"]["met"] == retention["final_within_budget"]
+    assert checks["all_met"] == (checks["sentiment"]["met"] and checks["stsb"]["met"])
 
 
 def test_method_none_and_a_zero_weight_train_the_same_weights(make_config, tmp_path):

@@ -159,5 +159,6 @@ def train_on_ray(config: Config) -> dict:
         "rows": train_report.as_dict(),
         "metrics": manifest["metrics"],
         **({"retention": report["retention"]} if "retention" in report else {}),
+        **({"targets": report["targets"]} if "targets" in report else {}),
         **({"wise_ft": wise} if wise else {}),
     }

@@ -15,7 +15,7 @@ from torch import nn
 from mtl.config import Config
 from mtl.evaluation.plots import plot_series
 from mtl.evaluation.stsb import stsb_spearman
-from mtl.inference.exported_model import ExportedModel
+from mtl.inference.exported_model import ExportedModel, read_manifest
 from mtl.model.backbone import load_encoder, load_tokenizer, starting_encoder_dir
 from mtl.model.pooling import resolve_pooling
 
@@ -85,6 +85,30 @@ def write_report(run_dir: Path, config: Config, export_dir: Path) -> dict:
         after = stsb_spearman(ExportedModel.load(export_dir), config.data.stsb)
         report["stsb_spearman"] = {"before": before, "after": after, "change": after - before, "file": config.data.stsb}
         print(f"STS-B Spearman ({config.data.stsb}): before {before:.4f} -> after {after:.4f} ({after - before:+.4f})")
+    targets = target_check(config, export_dir, validation[-1]["metrics"] if validation else {}, report.get("retention"))
+    if targets:
+        report["targets"] = targets
+        print(f"targets {'met' if targets['all_met'] else 'NOT met'}: {json.dumps(targets)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def target_check(config: Config, export_dir: Path, metrics: dict, retention: dict | None) -> dict:
+    """Each `tasks.*.target_accuracy` against the export's validation accuracy (the chosen WiSE-FT blend's, if any),
+    and `retain.max_stsb_drop` against the export's STS-B drop; {} when no target is configured."""
+    accuracy = {name: task["accuracy"] for name, task in metrics.items()}
+    drop = retention["final"]["drop"] if retention else None
+    wise = read_manifest(export_dir).get("wise_ft")
+    if wise:  # the export is the chosen blend: its own row of the WiSE-FT table
+        chosen = next(row for row in wise["table"] if row["alpha"] == wise["alpha"])
+        accuracy, drop = chosen["accuracy"], chosen["drop"]
+    checks: dict = {}
+    for name, task in config.tasks.items():
+        if task.target_accuracy is not None and name in accuracy:
+            target = task.target_accuracy
+            checks[name] = {"target": target, "accuracy": accuracy[name], "met": accuracy[name] >= target}
+    budget = config.retain.max_stsb_drop
+    if budget is not None and drop is not None:
+        checks["stsb"] = {"max_drop": budget, "drop": drop, "met": drop <= budget}
+    return {**checks, "all_met": all(check["met"] for check in checks.values())} if checks else {}
