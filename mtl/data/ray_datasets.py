@@ -103,7 +103,7 @@ def training_dataset(
     every_row_once = config.data.sampling == "proportional" and config.data.long_text_words is None
     task_rates = None if every_row_once else [rates[name] for name in config.task_names]
     if teacher_files is None:
-        return read_rows(files, config, task_rates), sum(counts.values()) if every_row_once else epoch_rows
+        return read_rows(files, config, task_rates), epoch_rows
     dataset = ray.data.read_parquet(teacher_files, num_cpus=DATA_TASK_CPUS)
     if task_rates is not None:
         dataset = dataset.map_batches(
@@ -112,4 +112,4 @@ def training_dataset(
             batch_format="pyarrow",
             num_cpus=DATA_TASK_CPUS,
         )
-    return dataset, sum(counts.values()) if every_row_once else epoch_rows
+    return dataset, epoch_rows

@@ -17,7 +17,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -86,15 +85,10 @@ class TeacherEmbedder:
         self.max_seq_length, self.device = config.model.max_seq_length, device
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from mtl.data.tokenization import length_sorted_chunks, token_ids
+        from mtl.data.tokenization import pooled_in_input_order, token_ids
 
         ids = token_ids(self.tokenizer, batch.column("text").to_pylist(), self.max_seq_length)
-        vectors = None
-        for chunk, padded in length_sorted_chunks(self.tokenizer, ids, 64):
-            pooled = self.teacher(padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device))
-            if vectors is None:
-                vectors = np.empty((len(ids), pooled.shape[1]), dtype=np.float32)
-            vectors[chunk] = pooled.cpu().numpy()
+        vectors = pooled_in_input_order(self.teacher, self.tokenizer, ids, 64, self.device).cpu().numpy()  # (B, H)
         dim = vectors.shape[1]
         return batch.append_column("teacher", pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim))
 

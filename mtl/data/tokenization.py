@@ -5,7 +5,7 @@ Ids are produced unpadded (so batches can be grouped by length first) and padded
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,3 +37,21 @@ def length_sorted_chunks(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         yield chunk, pad(tokenizer, [ids[i] for i in chunk])
+
+
+def pooled_in_input_order(
+    pooled_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    ids: Sequence[list[int]],
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """`pooled_fn(input_ids, attention_mask)` over length-sorted chunks, as float32 `(N, H)` rows in the order of `ids`
+    (on `device`; `(0, 0)` for no ids)."""
+    out = None
+    for chunk, padded in length_sorted_chunks(tokenizer, ids, batch_size):
+        pooled = pooled_fn(padded["input_ids"].to(device), padded["attention_mask"].to(device)).float()  # (b, H)
+        if out is None:
+            out = torch.empty(len(ids), pooled.shape[1], device=device)
+        out[torch.as_tensor(chunk, device=device)] = pooled
+    return out if out is not None else torch.empty(0, 0, device=device)

@@ -10,6 +10,7 @@ lengths, and returns rows in the caller's order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from mtl.data.tokenization import length_sorted_chunks, token_ids
+from mtl.data.tokenization import pooled_in_input_order, token_ids
 from mtl.inference.manifest import head_path as head_path  # re-exported: the one place callers import from
 from mtl.inference.manifest import model_info as model_info
 from mtl.inference.manifest import read_manifest as read_manifest
@@ -124,14 +125,13 @@ class ExportedModel:
         if not texts:
             return torch.zeros(0, self.dim)
         ids = token_ids(self.tokenizer, texts, self.max_seq_length)
-        out = torch.empty(len(texts), self.dim)
-        for chunk, padded in length_sorted_chunks(self.tokenizer, ids, batch_size):
-            tokens = {key: value.to(self.device) for key, value in padded.items()}
-            with autocast(self.precision, self.device.type):
-                hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
-            pooled = pool(pooling or self.pooling, hidden.float(), tokens["attention_mask"])  # (B, H)
-            out[torch.as_tensor(chunk)] = pooled.cpu()
-        return out
+        return pooled_in_input_order(partial(self._pooled, pooling or self.pooling), self.tokenizer, ids, batch_size,
+                                     self.device).cpu()  # fmt: skip
+
+    def _pooled(self, pooling: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device.type):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return pool(pooling, hidden.float(), attention_mask)  # (B, H)
 
     def embed(self, texts: Sequence[str], normalized: bool = True, pooling: str | None = None) -> np.ndarray:
         pooled = self.encode(texts, pooling=pooling).numpy()

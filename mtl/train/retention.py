@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from mtl.data.tokenization import length_sorted_chunks, token_ids
+from mtl.data.tokenization import pooled_in_input_order, token_ids
 from mtl.evaluation.stsb import read_stsb
 from mtl.model.precision import autocast
 
@@ -58,22 +58,14 @@ class StsbProbe:
         right = token_ids(tokenizer, table.column("sentence2").take(self.pairs).to_pylist(), max_seq_length)
         self.tokenizer, self.left, self.right = tokenizer, left, right
 
-    def _pooled(self, pooled_fn, ids: list[list[int]], device: torch.device) -> torch.Tensor:
-        out = None
-        for chunk, padded in length_sorted_chunks(self.tokenizer, ids, self.batch_size):
-            tokens = {key: value.to(device) for key, value in padded.items()}
-            pooled = pooled_fn(tokens["input_ids"], tokens["attention_mask"]).float()  # (b, H)
-            if out is None:
-                out = torch.empty(len(ids), pooled.shape[1], device=device)
-            out[torch.as_tensor(chunk, device=device)] = pooled
-        return out if out is not None else torch.empty(0, 1, device=device)
-
     @torch.no_grad()
     def spearman(self, pooled_fn, device: torch.device) -> float:
         """Spearman of cos(sentence1, sentence2) with the gold scores, over every rank's pairs (collective)."""
         cosine = (
             F.cosine_similarity(
-                self._pooled(pooled_fn, self.left, device), self._pooled(pooled_fn, self.right, device), dim=-1
+                pooled_in_input_order(pooled_fn, self.tokenizer, self.left, self.batch_size, device),
+                pooled_in_input_order(pooled_fn, self.tokenizer, self.right, self.batch_size, device),
+                dim=-1,
             )
             .cpu()
             .numpy()
