@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
-.PHONY: install test lint demo fuzz clean
+.PHONY: install test lint demo serve fuzz clean
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ test: lint
 
 demo: $(STAMP)
 	$(PY) -m jobs.demo $(ARGS)
+
+# The shipped Serve config in the foreground (MODEL=<export> to serve another export), with the Ray settings
+# it was measured with (serve_app/local.py SERVE_ENV).
+serve: $(STAMP)
+	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 MTL_MODEL_DIR=$(MODEL) \
+		$(VENV)/bin/serve run serve_app/serve_config.yaml
 
 # Schemathesis against the served /openapi.json; fails on any 5xx.
 fuzz: $(STAMP)

@@ -22,6 +22,8 @@ TEMP_DIR="$STATE/tmp"
 # so relative paths in the shipped configs mean what they mean in a checkout.
 if [[ -x "$ROOT/.venv/bin/ray" ]]; then export PATH="$ROOT/.venv/bin:$PATH"; fi
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/auth_token"
+# Serve's request path as measured (serve_app/local.py SERVE_ENV): read by Ray's processes when they start.
+export RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/.torch_extensions}"
 
 our_pids() {

@@ -78,6 +78,20 @@ def rayjob(name: str, entrypoint: str) -> dict:
     }
 
 
+def serving_cluster_spec() -> dict:
+    """The cluster spec with, in every container, the API token from a Secret and Serve's request-path settings."""
+    from serve_app.local import SERVE_ENV
+
+    spec = cluster_spec()
+    token = {"name": "MTL_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "mtl-api-token", "key": "token"}}}
+    extra = [token] + [{"name": key, "value": value} for key, value in SERVE_ENV.items()]
+    groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            container["env"] = [*container.get("env", []), *extra]
+    return spec
+
+
 def rayservice() -> dict:
     return {
         "apiVersion": "ray.io/v1",
@@ -85,7 +99,7 @@ def rayservice() -> dict:
         "metadata": {"name": "mtl-serve", "labels": {"app.kubernetes.io/name": "mtl"}},
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve_config_for_kubernetes(), sort_keys=False),
-            "rayClusterConfig": cluster_spec(),
+            "rayClusterConfig": serving_cluster_spec(),
         },
     }
 

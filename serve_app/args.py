@@ -18,13 +18,21 @@ class AppArgs(BaseModel):
     model_dir: str = "runs/production/export"
     """Export directory; the environment variable MTL_MODEL_DIR overrides it; relative = from the project root."""
     max_batch_size: int = Field(32, ge=1, le=1024)
-    """Encoder dynamic batching: texts per forward pass (also reconfigurable through the Encoder's user_config)."""
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
-    """How long the encoder waits to fill a batch."""
+    """Texts per encoder forward pass (runtime: the Encoder's user_config `max_batch_size`)."""
+    max_batch_requests: int = Field(64, ge=1, le=1024)
+    """Concurrent requests the ingress merges into one encoder call and one call per head (runtime: the
+    Ingress's user_config `max_batch_size`)."""
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=1)
+    """How long a batch waits for more requests once one is queued (ingress and encoder; runtime: each one's
+    user_config). 0 = no fixed delay: a batch is whatever queued while the previous one ran."""
     max_texts: int = Field(256, ge=1)
     """Texts (or pairs x 2) per request; more is 413 (use jobs.embed for bulk work)."""
     max_chars: int = Field(2000, ge=1)
     """Characters per text; longer is 413."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Request body size; larger is 413 before the body is parsed."""
+    call_timeout_s: float = Field(30.0, gt=0)
+    """A call to the encoder or a head that takes longer is a 503 with Retry-After, never a hung request."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Encoder compute: bf16 autocast pays off on AMX/avx512-bf16 CPUs and GPUs (measured by jobs.bench.serve)."""
     encoder_replicas: int = Field(1, ge=1)
@@ -41,6 +49,8 @@ class AppArgs(BaseModel):
     """Requests waiting for an ingress replica; beyond that Serve answers 503 (-1 = unbounded)."""
     auth_token_env: str = "MTL_API_TOKEN"
     """If this environment variable is set on the ingress, /v1/* requires `Authorization: Bearer <token>`."""
+    allow_unauthenticated: bool = False
+    """Bound to a non-loopback address (http_options.host) with no token, the app refuses to start unless true."""
 
     def resolved_model_dir(self) -> Path:
         raw = os.environ.get(MODEL_DIR_ENV) or self.model_dir

@@ -1,4 +1,4 @@
-"""`Encoder` deployment: texts -> pooled vectors, with `@serve.batch` across concurrent requests."""
+"""`Encoder` deployment: texts -> pooled vectors; concurrent calls (one per ingress batch) merge into one."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from ray import serve
 
 from mtl.inference.exported_model import ExportedModel
+from serve_app.batching import Batcher
 
 
 @serve.deployment(name="Encoder")
@@ -20,17 +21,17 @@ class Encoder:
             torch.set_num_threads(threads)
         self.model = ExportedModel.load(model_dir, device=device, precision=precision)
         self.max_batch_size = 32
+        self.calls = Batcher(self.encode_calls, max_batch_size=16)
         self.started = time.time()
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs (`user_config`): `max_batch_size` texts per forward pass, `batch_wait_timeout_s`."""
         self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
-        if "batch_wait_timeout_s" in user_config:
-            self.encode_calls.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        self.calls.wait_s = float(user_config.get("batch_wait_timeout_s", self.calls.wait_s))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def encode_calls(self, calls: list[list[str]]) -> list[np.ndarray]:
-        """Concurrent calls (from every ingress replica) merged; forward passes of `max_batch_size` texts."""
+        """Concurrent calls (one per ingress batch, from every ingress replica) merged; forward passes of
+        `max_batch_size` texts."""
         texts = [text for call in calls for text in call]
         # Off the event loop, so new calls keep queueing for the next batch meanwhile.
         pooled = (await asyncio.to_thread(self.model.encode, texts, self.max_batch_size)).numpy()
@@ -39,7 +40,7 @@ class Encoder:
 
     async def encode(self, texts: list[str]) -> np.ndarray:
         """Un-normalised pooled vectors `(len(texts), dim)`."""
-        return await self.encode_calls(texts)
+        return await self.calls(texts)
 
     def identity(self) -> dict:
         context = serve.get_replica_context()

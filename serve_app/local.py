@@ -6,6 +6,7 @@ deployment's `user_config` behave exactly as they do on a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import socket
@@ -17,6 +18,10 @@ import yaml
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "serve_config.yaml"
 APP_NAME = "mtl"
+# The request path the shipped config is measured with (README, jobs.bench.serve): Serve's throughput-optimised
+# mode (requests go straight to the ingress replicas, gRPC between deployments) behind its HAProxy ingress. Ray
+# reads these when its processes start, so they are set here, in cluster/local.sh, `make serve` and the RayService.
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def free_port() -> int:
@@ -39,6 +44,8 @@ class LocalServe:
         from ray import serve
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; see README on cluster auth
+        for key, value in SERVE_ENV.items():
+            os.environ.setdefault(key, value)
         if not ray.is_initialized():
             ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
         self.port = port or free_port()
@@ -47,12 +54,15 @@ class LocalServe:
         self.config = shipped_config(model_dir, self.port, **args)
         self.deploy(self.config)
 
-    def deploy(self, config: dict, timeout: float = 180) -> None:
+    def deploy(self, config: dict, timeout: float = 180, wait_healthy: bool = True) -> None:
+        """Deploy `config` and wait for /healthz (`wait_healthy=False`: return once the controller has it)."""
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeDeploySchema
 
         self.config = config
-        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=wait_healthy)
+        if not wait_healthy:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -67,6 +77,14 @@ class LocalServe:
         from ray import serve
 
         return serve.get_deployment_handle(deployment, app_name=APP_NAME)
+
+    def call(self, deployment: str, method: str = "__call__", *args):
+        """One call on a deployment from synchronous code (handles need an event loop in throughput-optimised mode)."""
+
+        async def once():
+            return await getattr(self.handle(deployment), method).remote(*args)
+
+        return asyncio.run(once())
 
     def close(self, shutdown_ray: bool = True) -> None:
         import ray

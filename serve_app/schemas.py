@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 
@@ -58,6 +60,46 @@ class SimilarityRequest(BaseModel):
 
 class SimilarityResponse(BaseModel):
     scores: list[float]
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """OpenAI's `POST /v1/embeddings` body; `dimensions` and `user` are accepted as the API defines them."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: StrictStr | list[StrictStr] = Field(examples=["a gripping , beautiful film"])
+    model: StrictStr = Field("mtl", description="echoed back; this app serves one model")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="must be the model's dimension when given")
+    user: StrictStr | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input_not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("input is an empty string")
+            return value
+        if not value:
+            raise ValueError("input is an empty list")
+        return _not_empty(value)
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
 
 
 class ModelInfo(BaseModel):

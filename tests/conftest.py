@@ -119,8 +119,12 @@ def make_config(tiny_backbone, tmp_path):
     return build
 
 
-def make_tiny_export(directory: Path, backbone: Path, pooling: str = "mean") -> Path:
-    """An export (as jobs.train writes it) of the untrained tiny model with random heads; no training needed."""
+DEFAULT_TASKS = {"sentiment": SENTIMENT, "topic": TOPIC}
+
+
+def make_tiny_export(directory: Path, backbone: Path, pooling: str = "mean", tasks: dict | None = None) -> Path:
+    """An export (as jobs.train writes it) of the untrained tiny model with random heads; no training needed.
+    `tasks`: name -> labels (default: sentiment and topic)."""
     from mtl.inference.export import export_model
     from mtl.model.backbone import load_tokenizer
     from mtl.model.multitask import build_model
@@ -128,7 +132,7 @@ def make_tiny_export(directory: Path, backbone: Path, pooling: str = "mean") -> 
     config = validate_config(
         {
             "model": {"backbone": str(backbone), "max_seq_length": 32, "pooling": pooling},
-            "tasks": {"sentiment": {"labels": SENTIMENT}, "topic": {"labels": TOPIC}},
+            "tasks": {name: {"labels": labels} for name, labels in (tasks or DEFAULT_TASKS).items()},
         }
     )
     model = build_model(config)

@@ -50,3 +50,34 @@ def test_init_from_checks_labels_and_frozen_heads(make_config, tiny_export):
     model = build_model(make_config(model={"init_from": str(tiny_export)}, tasks=extra))  # spam trains: fine
     exported = build_model(make_config(model={"init_from": str(tiny_export)}))
     assert torch.equal(model.heads["topic"].weight, exported.heads["topic"].weight)
+
+
+HEAD_MISMATCHES = [
+    ("task", {"task": "topic"}, r"it is the head of task 'topic', not 'sentiment'"),
+    ("labels", {"labels": SENTIMENT[::-1]}, r"its labels are \['positive', 'negative'\], expected \['negative'"),
+    ("encoder", {"encoder": "f" * 32}, r"it was trained with encoder f{32}, this encoder is"),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "message"), HEAD_MISMATCHES, ids=[m[0] for m in HEAD_MISMATCHES])
+def test_a_head_for_another_task_labels_or_encoder_is_refused(make_config, tiny_backbone, tmp_path, what, change,
+                                                               message):  # fmt: skip
+    """By a Serve rollout (`load_task_head` with head_file) and by `model.init_from`."""
+    from mtl.inference.exported_model import load_task_head
+    from mtl.model.heads import head_metadata, save_head
+    from tests.conftest import make_tiny_export
+
+    export = make_tiny_export(tmp_path / "export", tiny_backbone)
+    path = export / "heads" / "sentiment.safetensors"
+    metadata = head_metadata(path)
+    assert metadata["task"] == "sentiment" and metadata["labels"] == SENTIMENT
+    assert metadata["encoder"] == json.loads((export / "mtl.json").read_text())["encoder_fingerprint"]
+    load_task_head(export, "sentiment", path)  # the export's own head, passed as a rollout: accepted
+    spec = {"task": "sentiment", "labels": SENTIMENT, "encoder": metadata["encoder"], **change}
+    other = tmp_path / f"other-{what}.safetensors"
+    save_head(torch.nn.Linear(32, 2), other, spec["task"], spec["labels"], spec["encoder"])
+    with pytest.raises(ValueError, match=message):
+        load_task_head(export, "sentiment", other)  # a Serve rollout (head_file)
+    other.replace(path)  # the same file inside the export that model.init_from reads
+    with pytest.raises(ValueError, match=message):
+        build_model(make_config(model={"init_from": str(export)}))

@@ -1,17 +1,25 @@
-"""The Serve application on a tiny export: endpoints, parity with the offline model, bad input, head rollout."""
+"""The Serve application on a tiny export: endpoints, parity with the offline model, batching across requests,
+the OpenAI embeddings API, bad input, body limit, head rollout and refusal, any export's tasks, a killed replica."""
 
+import asyncio
+import base64
 import copy
+import json
+import os
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from mtl.inference.exported_model import ExportedModel
+from mtl.model.heads import save_head
 from serve_app.local import SHIPPED_CONFIG, LocalServe
+from tests.conftest import make_tiny_export
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 TEXTS = ["a gripping , beautiful film", "who wrote hamlet ?", "dull and lifeless", "how far is the moon ?"]
@@ -33,10 +41,12 @@ def test_health_model_and_openapi(served):
     info = requests.get(f"{served.url}/v1/model", timeout=10).json()
     assert info["tasks"]["topic"] == ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
     assert info["pooling"] == "mean" and info["dim"] == 32 and info["max_seq_length"] == 32
-    assert info["limits"] == {"max_texts": 256, "max_chars": 2000}
+    assert info["limits"] == {"max_texts": 256, "max_chars": 2000, "max_body_bytes": 4 * 1024 * 1024}
     assert set(info["heads"]) == {"sentiment", "topic"}
     schema = requests.get(f"{served.url}/openapi.json", timeout=10).json()
-    assert {"/v1/embed", "/v1/predict", "/v1/similarity", "/v1/model", "/healthz"} <= set(schema["paths"])
+    assert {"/v1/embed", "/v1/embeddings", "/v1/predict", "/v1/similarity", "/v1/model", "/healthz"} <= set(
+        schema["paths"]
+    )
     assert requests.get(f"{served.url}/docs", timeout=10).status_code == 200
 
 
@@ -103,29 +113,67 @@ def test_malformed_json_is_422(served):
     assert response.status_code == 422 and "json" in response.text.lower()
 
 
-def test_rolling_out_one_head_leaves_the_encoder_and_other_heads_running(served, tmp_path):
-    encoder_before = served.handle("Encoder").identity.remote().result()
-    topic_before = served.handle("head_topic").identity.remote().result()
-    predictions_before = post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"]
-
-    seed = torch.Generator().manual_seed(7)
-    new_head = tmp_path / "sentiment.safetensors"
-    save_file({"weight": torch.randn(2, 32, generator=seed), "bias": torch.randn(2, generator=seed)}, new_head)
+def head_deployment_config(served, task: str, head_file) -> dict:
     config = copy.deepcopy(served.config)
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "head_sentiment":
-            deployment["user_config"] = {"head_file": str(new_head)}
-    served.deploy(config)
+    config["applications"][0]["deployments"] = [{"name": f"head_{task}", "user_config": {"head_file": str(head_file)}}]
+    return config
+
+
+def random_head(path, task, labels, encoder, hidden=32, seed=7):
+    generator = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(hidden, len(labels))
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(len(labels), hidden, generator=generator))
+        head.bias.copy_(torch.randn(len(labels), generator=generator))
+    save_head(head, path, task, labels, encoder)
+    return path
+
+
+def test_rolling_out_one_head_leaves_the_encoder_and_other_heads_running(served, tiny_export, tmp_path):
+    encoder_before = served.call("Encoder", "identity")
+    topic_before = served.call("head_topic", "identity")
+    predictions_before = post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"]
+    fingerprint = json.loads((tiny_export / "mtl.json").read_text())["encoder_fingerprint"]
+    new_head = random_head(tmp_path / "sentiment.safetensors", "sentiment", ["negative", "positive"], fingerprint)
+    served.deploy(head_deployment_config(served, "sentiment", new_head))
     deadline = time.monotonic() + 60
-    while served.handle("head_sentiment").identity.remote().result()["head_file"] != str(new_head):
+    while served.call("head_sentiment", "identity")["head_file"] != str(new_head):
         assert time.monotonic() < deadline, "head_sentiment never picked up the new head file"
         time.sleep(0.5)
 
-    assert served.handle("Encoder").identity.remote().result() == encoder_before  # same replica, same process
-    assert served.handle("head_topic").identity.remote().result() == topic_before
+    assert served.call("Encoder", "identity") == encoder_before  # same replica, same process
+    assert served.call("head_topic", "identity") == topic_before
     predictions_after = post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"]
     assert [p["topic"] for p in predictions_after] == [p["topic"] for p in predictions_before]
     assert [p["sentiment"] for p in predictions_after] != [p["sentiment"] for p in predictions_before]
+
+
+MISMATCHES = [
+    ("task", dict(task="topic"), "it is the head of task 'topic', not 'sentiment'"),
+    ("labels", dict(labels=["positive", "negative"]), "its labels are ['positive', 'negative']"),
+    ("encoder", dict(encoder="0" * 32), "it was trained with encoder 00000000"),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "message"), MISMATCHES, ids=[m[0] for m in MISMATCHES])
+def test_a_mismatched_head_is_refused_and_the_old_head_keeps_serving(served, tiny_export, tmp_path, what, change,
+                                                                       message):  # fmt: skip
+    before = served.call("head_sentiment", "identity")
+    predictions_before = post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"]
+    fingerprint = json.loads((tiny_export / "mtl.json").read_text())["encoder_fingerprint"]
+    spec = {"task": "sentiment", "labels": ["negative", "positive"], "encoder": fingerprint, **change}
+    bad = random_head(tmp_path / f"bad-{what}.safetensors", spec["task"], spec["labels"], spec["encoder"], seed=11)
+    served.deploy(head_deployment_config(served, "sentiment", bad))
+    deadline = time.monotonic() + 60
+    while not (refused := served.call("head_sentiment", "identity")["refused"]):
+        assert time.monotonic() < deadline, "head_sentiment never answered the new head_file"
+        time.sleep(0.5)
+    assert refused["head_file"] == str(bad) and message in refused["error"], refused
+    shown = requests.get(f"{served.url}/v1/model", timeout=10).json()["heads"]["sentiment"]["refused"]
+    assert message in shown["error"]
+    assert served.call("head_sentiment", "identity")["head_file"] == before["head_file"]
+    assert post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"] == predictions_before
+    served.deploy(head_deployment_config(served, "sentiment", before["head_file"]))  # back to a good config
 
 
 def test_shipped_config_is_valid_and_binds_loopback():
@@ -139,4 +187,103 @@ def test_shipped_config_is_valid_and_binds_loopback():
     from serve_app.args import AppArgs
 
     args = AppArgs.model_validate(app.args)
-    assert args.encoder_cpus + 2 * args.head_cpus + args.ingress_cpus <= 2  # fits this 2-core machine
+    assert args.encoder_cpus + 2 * args.head_cpus + args.ingress_replicas * args.ingress_cpus <= 2  # fits 2 cores
+    assert "deployments" not in app.model_fields_set  # no per-task entries: heads follow the export
+
+
+def test_concurrent_requests_each_get_their_own_rows(served, tiny_export):
+    """Requests batched together (embed, predict with different tasks, similarity) are split back correctly."""
+    offline = ExportedModel.load(tiny_export)
+    texts = [f"request {i} says something {'good' if i % 2 else 'odd'}" for i in range(24)]
+    calls = []
+    for i, text in enumerate(texts):
+        if i % 3 == 0:
+            calls.append(("/v1/embed", {"texts": [text, texts[-1]]}))
+        elif i % 3 == 1:
+            calls.append(("/v1/predict", {"texts": [text], "tasks": ["topic"] if i % 2 else None}))
+        else:
+            calls.append(("/v1/similarity", {"pairs": [[text, texts[0]]]}))
+    with ThreadPoolExecutor(len(calls)) as pool:
+        answers = list(pool.map(lambda call: post(served, *call).json(), calls))
+    for (path, body), answer in zip(calls, answers, strict=True):
+        if path == "/v1/embed":
+            np.testing.assert_allclose(answer["embeddings"], offline.embed(body["texts"]), atol=1e-5)
+        elif path == "/v1/predict":
+            want = offline.predict(body["texts"], body["tasks"])
+            assert [{t: p["label"] for t, p in row.items()} for row in answer["predictions"]] == [
+                {t: p["label"] for t, p in row.items()} for row in want
+            ]
+        else:
+            vectors = offline.embed(body["pairs"][0])
+            assert answer["scores"][0] == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-4)
+
+
+def test_openai_client_embeddings_equal_v1_embed(served, tiny_export):
+    from openai import OpenAI
+    from transformers import AutoTokenizer
+
+    client = OpenAI(base_url=f"{served.url}/v1", api_key="unused-without-a-token", max_retries=0)
+    ours = np.asarray(post(served, "/v1/embed", {"texts": TEXTS}).json()["embeddings"])
+    for encoding_format in ("float", "base64", None):  # None: the client asks for base64 and decodes it itself
+        options = {"encoding_format": encoding_format} if encoding_format else {}
+        result = client.embeddings.create(input=TEXTS, model="mtl", **options)
+        assert [item.index for item in result.data] == list(range(len(TEXTS)))
+        vectors = [item.embedding for item in result.data]
+        if encoding_format == "base64":
+            vectors = [np.frombuffer(base64.b64decode(vector), dtype=np.float32) for vector in vectors]
+        np.testing.assert_allclose(vectors, ours, atol=1e-6)
+    single = client.embeddings.create(input=TEXTS[0], model="mtl")
+    np.testing.assert_allclose(single.data[0].embedding, ours[0], atol=1e-6)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_export)
+    expected = sum(len(ids) for ids in tokenizer(TEXTS, truncation=True, max_length=32)["input_ids"])
+    assert result.usage.prompt_tokens == result.usage.total_tokens == expected
+    assert result.model == "mtl"
+    bad = requests.post(f"{served.url}/v1/embeddings", json={"input": ["fine", ""]}, timeout=30)
+    assert bad.status_code == 422 and "index 1 is empty" in bad.text
+    too_many = requests.post(f"{served.url}/v1/embeddings", json={"input": ["x"] * 257}, timeout=30)
+    assert too_many.status_code == 413 and "input: 257 texts" in too_many.text
+
+
+def test_a_body_over_the_limit_is_413_before_parsing(served):
+    big = b'{"texts": ["' + b"x" * (4 * 1024 * 1024) + b'"]}'
+    declared = requests.post(f"{served.url}/v1/embed", data=big, headers={"content-type": "application/json"},
+                             timeout=30)  # fmt: skip
+    assert declared.status_code == 413 and "max_body_bytes" in declared.json()["detail"]
+    pieces = iter([big[start : start + 65536] for start in range(0, len(big), 65536)])  # chunked: no length header
+    chunked = requests.post(f"{served.url}/v1/embed", data=pieces, headers={"content-type": "application/json"},
+                            timeout=30)  # fmt: skip
+    assert chunked.status_code == 413
+    assert post(served, "/v1/embed", {"texts": TEXTS}).status_code == 200
+
+
+def test_an_export_with_other_tasks_serves_with_the_shipped_config(served, tiny_backbone, tmp_path):
+    tasks = {"intent": ["book", "cancel", "ask"], "toxicity": ["clean", "toxic"], "language": ["en", "de", "fr", "es"]}
+    export = make_tiny_export(tmp_path / "export", tiny_backbone, tasks=tasks)
+    original = served.config
+    config = copy.deepcopy(original)
+    config["applications"][0]["args"]["model_dir"] = str(export)
+    try:
+        served.deploy(config)
+        deadline = time.monotonic() + 90
+        while set(requests.get(f"{served.url}/v1/model", timeout=10).json()["tasks"]) != set(tasks):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        predictions = post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"]
+        want = ExportedModel.load(export).predict(TEXTS)
+        assert [{t: p["label"] for t, p in row.items()} for row in predictions] == [
+            {t: p["label"] for t, p in row.items()} for row in want
+        ]
+    finally:
+        served.deploy(original)
+
+
+def test_a_killed_encoder_replica_under_load_recovers_without_hangs(served):
+    from jobs.bench.serve import kill_under_load
+
+    pid = served.call("Encoder", "identity")["pid"]
+    result = asyncio.run(kill_under_load(f"{served.url}/v1/predict", TEXTS, lambda: os.kill(pid, signal.SIGKILL),
+                                         concurrency=8, duration_s=25, kill_at_s=3, timeout_s=30))  # fmt: skip
+    assert result["hung"] == 0, result
+    assert result["failed"] <= result["requests"] // 2, result
+    assert result["recover_s"] < 20 and result["ok_after_recovery"] > 0, result
+    assert served.call("Encoder", "identity")["pid"] != pid

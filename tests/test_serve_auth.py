@@ -1,9 +1,11 @@
-"""The ingress's bearer-token dependency (FastAPI's HTTPBearer), without starting Ray."""
+"""The ingress's bearer-token dependency (FastAPI's HTTPBearer) and the refusal to serve beyond loopback without a
+token, without starting Ray."""
 
+import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from serve_app.ingress import check_token
+from serve_app.ingress import check_exposure, check_token
 
 
 def client(monkeypatch, token: str | None) -> TestClient:
@@ -36,3 +38,21 @@ def test_token_required_when_configured(monkeypatch):
 
 def test_no_token_configured_means_open(monkeypatch):
     assert client(monkeypatch, None).get("/private").json() == {"ok": True}
+
+
+def test_bound_beyond_loopback_without_a_token_the_app_refuses_to_start(monkeypatch, tiny_export):
+    import serve_app.app as app_module
+
+    args = {"model_dir": str(tiny_export), "auth_token_env": "MTL_TEST_TOKEN"}
+    monkeypatch.delenv("MTL_TEST_TOKEN", raising=False)
+    for host in ("127.0.0.1", "::1", "localhost"):
+        monkeypatch.setattr(app_module, "http_host", lambda host=host: host)
+        app_module.build_app(args)
+    monkeypatch.setattr(app_module, "http_host", lambda: "0.0.0.0")
+    with pytest.raises(ValueError, match=r"http_options.host='0.0.0.0' is reachable.*\$MTL_TEST_TOKEN.*not set"):
+        app_module.build_app(args)
+    app_module.build_app({**args, "allow_unauthenticated": True})
+    monkeypatch.setenv("MTL_TEST_TOKEN", "s3cret")
+    app_module.build_app(args)
+    with pytest.raises(ValueError, match="reachable from other machines"):  # the replica checks its own environment
+        check_exposure("10.0.0.5", "MTL_NOT_SET_ANYWHERE", False)

@@ -69,6 +69,56 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, total: int) 
     }
 
 
+async def kill_under_load(url: str, texts: list[str], kill, concurrency: int = 16, duration_s: float = 20.0,
+                          kill_at_s: float = 4.0, timeout_s: float = 30.0) -> dict:
+    """Closed-loop load on `url` for `duration_s`; `kill()` (e.g. SIGKILL of the encoder replica) runs at `kill_at_s`.
+
+    Returns requests sent, ok, failed (non-200 or connection error), hung (no answer within `timeout_s`) and
+    recover_s: from the kill to the end of the last request that failed or took over 1 s (0: nothing noticed)."""
+    import aiohttp
+
+    outcomes: list[tuple[float, float, str]] = []  # (start, end, "ok" | "failed" | "hung")
+    started = time.perf_counter()
+    killed_at: list[float] = []
+
+    async def worker(session):
+        index = 0
+        while time.perf_counter() - started < duration_s:
+            begin = time.perf_counter()
+            try:
+                async with session.post(url, json={"texts": [texts[index % len(texts)]]}) as response:
+                    await response.read()
+                    outcome = "ok" if response.status == 200 else "failed"
+            except TimeoutError:
+                outcome = "hung"
+            except aiohttp.ClientError:
+                outcome = "failed"
+            outcomes.append((begin, time.perf_counter(), outcome))
+            index += 1
+
+    async def killer():
+        await asyncio.sleep(kill_at_s)
+        killed_at.append(time.perf_counter())
+        await asyncio.to_thread(kill)
+
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        await asyncio.gather(killer(), *(worker(session) for _ in range(concurrency)))
+    kill_time = killed_at[0]
+    disturbed = [end for begin, end, outcome in outcomes if end > kill_time and (outcome != "ok" or end - begin > 1.0)]
+    return {
+        "concurrency": concurrency,
+        "requests": len(outcomes),
+        "ok": sum(outcome == "ok" for *_, outcome in outcomes),
+        "failed": sum(outcome == "failed" for *_, outcome in outcomes),
+        "hung": sum(outcome == "hung" for *_, outcome in outcomes),
+        "recover_s": max(disturbed) - kill_time if disturbed else 0.0,
+        "ok_after_recovery": sum(
+            outcome == "ok" and begin > (max(disturbed) if disturbed else kill_time) for begin, _, outcome in outcomes
+        ),
+    }
+
+
 def load(url: str, texts: list[str], total: int) -> list[dict]:
     asyncio.run(closed_loop(url, texts, 4, 40))  # warm-up
     results = []

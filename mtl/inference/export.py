@@ -4,8 +4,10 @@ export/
   config.json, model.safetensors, tokenizer files   the encoder (LoRA merged), Hugging Face format
   modules.json, sentence_bert_config.json           so `SentenceTransformer(export)` loads it
   1_Pooling/config.json, 2_Normalize/               the configured pooling, then L2 normalisation
-  heads/<task>.safetensors                          weight (n_labels, hidden), bias (n_labels,)
-  mtl.json                                          pooling, max_seq_length, tasks, config, metrics, provenance
+  heads/<task>.safetensors                          weight (n_labels, hidden), bias (n_labels,); metadata task,
+                                                    labels, encoder fingerprint
+  mtl.json                                          pooling, max_seq_length, tasks, encoder_fingerprint, config,
+                                                    metrics, provenance
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import peft
 from transformers.utils import logging as hf_logging
 
 from mtl.config import Config
-from mtl.model.heads import save_head
+from mtl.model.heads import save_head, weights_fingerprint
 from mtl.model.multitask import MultiTaskModel
 
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: heads carry task/labels/encoder metadata, mtl.json the encoder fingerprint
 
 
 def _git_commit() -> str | None:
@@ -66,13 +68,15 @@ def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Pa
     tokenizer.save_pretrained(staging)
     hidden_size = int(encoder.config.hidden_size)
     _sentence_transformers_files(staging, model.pooling, config.model.max_seq_length)
+    fingerprint = weights_fingerprint(encoder)
     for name, head in model.heads.items():
-        save_head(head, staging / "heads" / f"{name}.safetensors")
+        save_head(head, staging / "heads" / f"{name}.safetensors", name, config.tasks[name].labels, fingerprint)
     manifest = {
         "format_version": EXPORT_FORMAT_VERSION,
         "pooling": model.pooling,
         "max_seq_length": config.model.max_seq_length,
         "hidden_size": hidden_size,
+        "encoder_fingerprint": fingerprint,
         "tasks": {name: {"labels": list(task.labels)} for name, task in config.tasks.items()},
         "config": config.model_dump(mode="json"),
         "metrics": metrics,

@@ -25,7 +25,7 @@ from mtl.inference.manifest import model_info as model_info
 from mtl.inference.manifest import read_manifest as read_manifest
 from mtl.inference.manifest import select_tasks as select_tasks
 from mtl.inference.manifest import task_labels as task_labels
-from mtl.model.heads import build_heads, load_head_into
+from mtl.model.heads import build_heads, check_head, load_head_into
 from mtl.model.pooling import cosine_similarity, normalize, pool
 from mtl.model.precision import autocast
 
@@ -33,12 +33,23 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def load_task_head(export_dir: str | Path, task: str, head_file: str | Path | None = None) -> nn.Linear:
-    """One task's head from `head_path(...)`, shape-checked against the export's labels."""
+    """One task's head from `head_path(...)`, checked against the export: task name, label names in id order and
+    encoder fingerprint (head metadata vs `mtl.json`), then tensor shapes. A replacement `head_file` for an export
+    written before fingerprints existed is refused (nothing to check it against); that export's own heads load."""
     manifest = read_manifest(export_dir)
     if task not in manifest["tasks"]:
         raise ValueError(f"{export_dir}: no task {task!r}; the export has {list(manifest['tasks'])}")
     path = head_path(export_dir, task, head_file)
-    head = build_heads(int(manifest["hidden_size"]), {task: len(manifest["tasks"][task]["labels"])})[task]
+    labels = list(manifest["tasks"][task]["labels"])
+    encoder = manifest.get("encoder_fingerprint")
+    if head_file and encoder is None:
+        raise ValueError(
+            f"{export_dir}: export has no encoder_fingerprint (format_version {manifest.get('format_version')}); "
+            f"re-export it before rolling out head_file={head_file}"
+        )
+    if encoder is not None:
+        check_head(path, task, labels, encoder)
+    head = build_heads(int(manifest["hidden_size"]), {task: len(labels)})[task]
     load_head_into(head, path)  # raises naming the file on a shape mismatch
     return head.eval()
 

@@ -22,6 +22,7 @@ from mtl.evaluation.classification import classification_report
 from mtl.evaluation.stsb import stsb_spearman
 from mtl.inference.exported_model import ExportedModel, read_manifest
 from mtl.model.backbone import starting_encoder_dir
+from mtl.model.heads import build_heads, load_head_into, save_head, weights_fingerprint
 
 
 def blend_export(tuned_dir: Path, start: Path | dict, alpha: float, out_dir: Path) -> Path:
@@ -41,7 +42,20 @@ def blend_export(tuned_dir: Path, start: Path | dict, alpha: float, out_dir: Pat
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.copytree(tuned_dir, out_dir)
     tuned.save_pretrained(out_dir)
+    restamp_heads(out_dir, weights_fingerprint(tuned))  # the heads are served with this encoder now
     return out_dir
+
+
+def restamp_heads(export_dir: Path, fingerprint: str) -> None:
+    """Record `fingerprint` as the export's encoder, in `mtl.json` and in every head file's metadata."""
+    manifest = read_manifest(export_dir)
+    for task, spec in manifest["tasks"].items():
+        path = Path(export_dir) / "heads" / f"{task}.safetensors"
+        head = build_heads(int(manifest["hidden_size"]), {task: len(spec["labels"])})[task]
+        load_head_into(head, path)
+        save_head(head, path, task, spec["labels"], fingerprint)
+    manifest["encoder_fingerprint"] = fingerprint
+    (Path(export_dir) / "mtl.json").write_text(json.dumps(manifest, indent=2))
 
 
 def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict:

@@ -9,7 +9,7 @@ from torch import nn
 
 from mtl.config import Config
 from mtl.model.backbone import load_encoder, starting_encoder_dir
-from mtl.model.heads import build_heads, load_head_into
+from mtl.model.heads import build_heads, check_head, load_head_into
 from mtl.model.pooling import normalize, pool, resolve_pooling
 
 
@@ -55,7 +55,8 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
     """
     from mtl.inference.manifest import read_manifest, task_labels
 
-    exported = task_labels(read_manifest(source))
+    manifest = read_manifest(source)
+    exported = task_labels(manifest)
     for name, head in model.heads.items():
         labels = list(config.tasks[name].labels)
         if name not in exported:
@@ -71,4 +72,7 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
                 f"model.init_from={source}: task {name!r} was trained with labels {exported[name]}, "
                 f"tasks.{name}.labels is {labels}; list them in the export's order"
             )
-        load_head_into(head, source / "heads" / f"{name}.safetensors")
+        path = source / "heads" / f"{name}.safetensors"
+        if "encoder_fingerprint" in manifest:  # exports before format 2 carry no head metadata
+            check_head(path, name, labels, manifest["encoder_fingerprint"])
+        load_head_into(head, path)

@@ -1,0 +1,73 @@
+"""Merging concurrent calls into one batch call, used by the ingress (requests) and the encoder (ingress calls).
+
+Ray Serve's `@serve.batch` does this job, but measured here it is slower: the same app with `@serve.batch`
+(`batch_wait_timeout_s=0`) on the ingress and the encoder answered 88 req/s at concurrency 32 and 24-26 ms p50 at
+concurrency 1, with this class 134 req/s and 21.5 ms (Ray 2.60, 2 cores, RAY_SERVE_THROUGHPUT_OPTIMIZED=1 with
+HAProxy, 2 ingress replicas, fp32, two runs each; README "Serving"). The idle path is the difference: the first
+caller runs its batch itself instead of queueing it for a background loop. Same contract: a list of items in, a
+list of results out, in order; runtime-settable size and wait; a batch is everything that queued while the
+previous one ran, optionally after waiting `wait_s` to fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Batcher(Generic[Item, Result]):
+    """`await batcher(item)` -> that item's result from `func(items)`; one `func` call in flight at a time."""
+
+    def __init__(self, func: Callable[[list[Item]], Awaitable[list[Result]]], max_batch_size: int, wait_s: float = 0.0):
+        self.func = func
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self._queue: list[tuple[Item, asyncio.Future]] = []
+        self._draining = False
+        self.batch_sizes: list[int] = []  # the last few batch sizes, for /v1/model and tests
+
+    async def __call__(self, item: Item) -> Result:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if not self._draining:  # this caller runs the next batch itself (no task hand-off when idle)
+            self._draining = True
+            try:
+                await self._run_one()
+            finally:
+                self._draining = False
+            if self._queue:  # what queued meanwhile is the next batch, run by a task so this caller returns now
+                self._draining = True
+                asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await self._run_one()
+        finally:
+            self._draining = False
+
+    async def _run_one(self) -> None:
+        if self.wait_s and len(self._queue) < self.max_batch_size:
+            await asyncio.sleep(self.wait_s)
+        batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size :]
+        batch = [(item, future) for item, future in batch if not future.done()]  # callers that gave up
+        if not batch:
+            return
+        self.batch_sizes = [*self.batch_sizes[-63:], len(batch)]
+        try:
+            results = await self.func([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+        except Exception as error:  # every caller in the batch gets the error, none hangs
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
