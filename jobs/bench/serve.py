@@ -1,6 +1,6 @@
 """Benchmark: the Serve app vs a hand-written single-process FastAPI server, same export, same load.
 
-    python -m jobs.bench.serve [--model EXPORT] [--requests 2000]
+    python -m jobs.bench.serve [--model EXPORT] [--requests 2000] [--bf16] [--kill]
 
 A closed-loop async load generator (aiohttp) posts one text per request to /v1/predict at concurrency
 1, 8 and 32: throughput, p50/p99 latency and error counts. The baseline is what a user would write first:
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +135,50 @@ def load(url: str, texts: list[str], total: int) -> list[dict]:
     return results
 
 
+def hops_ms(served, text: str, count: int = 200) -> dict:
+    """p50 of each leg at concurrency 1: HTTP to the ingress and back (GET /healthz), a handle call to the encoder
+    (one text) and to one head (one vector) from this process, and the two routes end to end."""
+    session = requests.Session()
+
+    def p50(call) -> float:
+        for _ in range(20):
+            call()
+        timings = []
+        for _ in range(count):
+            started = time.perf_counter()
+            call()
+            timings.append(time.perf_counter() - started)
+        return round(float(np.median(timings)) * 1000, 2)
+
+    async def handle_legs() -> dict:
+        encoder = served.handle("Encoder")
+        head = served.handle(f"head_{read_tasks(served)[0]}")
+        vector = await encoder.encode.remote([text])
+
+        async def ap50(call) -> float:
+            for _ in range(20):
+                await call()
+            timings = []
+            for _ in range(count):
+                started = time.perf_counter()
+                await call()
+                timings.append(time.perf_counter() - started)
+            return round(float(np.median(timings)) * 1000, 2)
+
+        return {"encoder_call": await ap50(lambda: encoder.encode.remote([text])),
+                "head_call": await ap50(lambda: head.remote(vector))}  # fmt: skip
+
+    legs = {"http_ingress_only": p50(lambda: session.get(f"{served.url}/healthz"))}
+    legs.update(asyncio.run(handle_legs()))
+    legs["embed_route"] = p50(lambda: session.post(f"{served.url}/v1/embed", json={"texts": [text]}))
+    legs["predict_route"] = p50(lambda: session.post(f"{served.url}/v1/predict", json={"texts": [text]}))
+    return legs
+
+
+def read_tasks(served) -> list[str]:
+    return list(requests.get(f"{served.url}/v1/model", timeout=30).json()["tasks"])
+
+
 def forward_ms(model_dir: Path, texts: list[str]) -> float:
     """p50 of the model's own single-text predict (in this process, no HTTP, no Ray)."""
     from mtl.inference.exported_model import ExportedModel
@@ -166,6 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", help="Parquet glob with a `text` column (default: shared SST-2 or the sample)")
     parser.add_argument("--requests", type=int, default=2000, help="requests at the highest concurrency")
     parser.add_argument("--bf16", action="store_true", help="also load-test the Serve app with precision: bf16")
+    parser.add_argument(
+        "--kill", action="store_true", help="also SIGKILL the encoder replica under load: failed, hung, s to recover"
+    )
     args = parser.parse_args(argv)
     production = Path("runs/production/export")
     model = Path(args.model) if args.model else production if (production / "mtl.json").is_file() else default_export()
@@ -179,6 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
     served = LocalServe(model)
     print("Ray Serve app (shipped serve_config.yaml, fp32):")
     result["serve"] = load(f"{served.url}/v1/predict", texts, args.requests)
+    result["hops_ms"] = hops_ms(served, texts[0])
+    print("  per leg at c=1, p50 ms:", json.dumps(result["hops_ms"]), flush=True)
+    if args.kill:
+        pid = served.call("Encoder", "identity")["pid"]
+        result["kill"] = asyncio.run(kill_under_load(f"{served.url}/v1/predict", texts,
+                                                     lambda: os.kill(pid, signal.SIGKILL)))  # fmt: skip
+        print("  encoder replica SIGKILLed under load (c=16, 20 s):", json.dumps(result["kill"]), flush=True)
     if args.bf16:
         config = served.config
         config["applications"][0]["args"]["precision"] = "bf16"
