@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     sources = {"sentiment": SAMPLE / "sentiment.tsv", "topic": SAMPLE / "topic.tsv"}
     labels = {"sentiment": ["negative", "positive"], "topic": ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]}
+    shutil.rmtree("runs/demo/data", ignore_errors=True)  # the demo's own directory (prepare refuses foreign shards)
     prepare(sources, labels, Path("runs/demo/data"), validation_fraction=0.2)
     config_path = "jobs/configs/poc.yaml"
     config = load_config(config_path)

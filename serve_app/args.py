@@ -60,4 +60,4 @@ class AppArgs(BaseModel):
         if not (path / "mtl.json").is_file():
             source = f"${MODEL_DIR_ENV}" if os.environ.get(MODEL_DIR_ENV) else "args.model_dir"
             raise FileNotFoundError(f"{source}={raw!r}: {path} is not an export directory (no mtl.json)")
-        return path
+        return path.resolve()  # pins the published version: retraining moves the symlink, not these files

@@ -81,9 +81,12 @@ def test_job_writes_parquet_in_order_and_counts_skips(tiny_export, tmp_path):
     texts = [f"another sentence number {i}" for i in range(30)]
     texts[7] = ""
     write_parquet(tmp_path / "in" / "part-1.parquet", {"id": list(range(50, 80)), "text": texts})
+    write_parquet(tmp_path / "out" / "old.parquet", {"id": [-1]})  # an earlier output, replaced as a whole
+    other_job = tmp_path / "out.partial-20261127-000000-otherjob"  # a concurrent job's staging: not ours to touch
+    write_parquet(other_job / "part.parquet", {"id": [-2]})
     command = [
         sys.executable, "-m", "jobs.embed", "--model", str(tiny_export),
-        "--input", str(tmp_path / "in" / "*.parquet"), "--output", str(tmp_path / "out"),
+        "--input", str(tmp_path / "in" / "*.parquet"), "--output", str(tmp_path / "out"), "--overwrite",
         "--keep-columns", "id", "--tasks", "sentiment", "--on-empty", "skip", "--batch-size", "16",
     ]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
@@ -102,4 +105,6 @@ def test_job_writes_parquet_in_order_and_counts_skips(tiny_export, tmp_path):
     assert len(frame["embedding"].iloc[0]) == 32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalised by default
     assert set(frame["sentiment_label"]) <= {"negative", "positive"}
-    assert not (tmp_path / "out.partial").exists()
+    leftovers = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("out."))
+    assert leftovers == [other_job.name] and (other_job / "part.parquet").is_file()
+    assert not (tmp_path / "out" / "old.parquet").exists()

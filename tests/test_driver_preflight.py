@@ -49,3 +49,35 @@ def test_driver_hands_workers_absolute_model_paths(make_config, tiny_export, tin
     assert resolved.model.init_from == str(tiny_export.resolve())
     with pytest.raises(ConfigError, match=r"model.init_from='nowhere': not an export directory"):
         resolved_model_paths(make_config(model={"init_from": "nowhere"}))
+
+
+def test_storage_every_node_cannot_see_is_refused_before_any_worker_starts(make_config, monkeypatch, tmp_path):
+    import ray
+
+    from mtl.train import driver
+
+    for uri in ("s3://bucket/runs", "gs://bucket/runs"):
+        with pytest.raises(ConfigError, match=r"run.storage_path='(s3|gs)://bucket/runs': object-store URIs are not"):
+            driver.train_on_ray(make_config(run={"storage_path": uri}))  # refused before data, Ray or workers
+    config = make_config(run={"storage_path": str(tmp_path / "runs")})
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
+    blind = {"10.0.0.1": True, "10.0.0.2": False}
+    with pytest.raises(ConfigError, match=r"not visible from node\(s\) \['10.0.0.2'\].*shared storage every node"):
+        driver.check_storage(config, visibility=lambda root: blind)
+    assert driver.check_storage(config, visibility=lambda root: dict.fromkeys(blind, True)) == str(tmp_path / "runs")
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_storage_probe_runs_on_every_node_of_a_real_cluster(tmp_path):
+    import ray
+
+    from mtl.train.driver import storage_visibility
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        assert list(storage_visibility(str(tmp_path / "runs")).values()) == [True]
+        assert [path.name for path in (tmp_path / "runs").iterdir()] == []  # the marker is removed
+    finally:
+        ray.shutdown()

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -62,3 +63,19 @@ def test_prepare_rejects_unknown_label_with_row(tmp_path):
     csv.write_text("text,label\nwho ?,HUM\nwhat ?,THING\n")
     with pytest.raises(DataError, match=r"q.csv: row 1, column 'label': 'THING' is not one of"):
         prepare({"topic": csv}, {"topic": ["HUM", "LOC"]}, tmp_path / "out")
+
+
+def test_prepare_replaces_its_own_shards_and_refuses_a_directory_of_foreign_ones(tmp_path):
+    source = tmp_path / "src.parquet"
+    pq.write_table(pa.table({"text": [f"text {i}" for i in range(50)], "label": [i % 2 for i in range(50)]}), source)
+    out = tmp_path / "out"
+    first = prepare({"sentiment": source}, {"sentiment": ["neg", "pos"]}, out, shard_rows=10, validation_fraction=0)
+    assert len(first["files"]) == 5
+    second = prepare({"sentiment": source}, {"sentiment": ["neg", "pos"]}, out, shard_rows=25, validation_fraction=0)
+    assert sorted(p.name for p in out.glob("*.parquet")) == sorted(Path(f).name for f in second["files"])  # no stale
+    other = tmp_path / "other"
+    other.mkdir()
+    pq.write_table(pa.table({"text": ["old"], "label": [0]}), other / "train-00007.parquet")
+    with pytest.raises(FileExistsError, match=r"holds 1 file\(s\) prepare_data did not write \(train-00007.parquet\)"):
+        prepare({"sentiment": source}, {"sentiment": ["neg", "pos"]}, other, validation_fraction=0)
+    assert (other / "train-00007.parquet").is_file()  # nothing lost

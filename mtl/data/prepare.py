@@ -105,6 +105,7 @@ def prepare(
     mixed = pa.concat_tables(tables)
     mixed = mixed.take(np.random.default_rng(seed).permutation(mixed.num_rows))
     validation_rows = int(round(mixed.num_rows * validation_fraction))
+    clear_previous_output(output)
     output.mkdir(parents=True, exist_ok=True)
     files = []
     if validation_rows:
@@ -116,4 +117,26 @@ def prepare(
         pq.write_table(train.slice(start, shard_rows), path)
         files.append(str(path))
     (output / "labels.json").write_text(json.dumps(names, indent=2))
+    (output / WRITTEN).write_text(json.dumps([Path(file).name for file in files] + ["labels.json"], indent=2))
     return {"train_rows": train.num_rows, "validation_rows": validation_rows, "files": files, "labels": names}
+
+
+WRITTEN = "_prepared_files.json"
+
+
+def clear_previous_output(output: Path) -> None:
+    """Remove what an earlier `prepare` wrote here (listed in `_prepared_files.json`); refuse a directory holding
+    Parquet or labels.json it did not write: stale shards would be read as training data by `data.train` globs."""
+    if not output.is_dir():
+        return
+    ours = set(json.loads((output / WRITTEN).read_text())) if (output / WRITTEN).is_file() else set()
+    foreign = sorted(p.name for p in output.iterdir() if p.suffix == ".parquet" or p.name == "labels.json")
+    foreign = [name for name in foreign if name not in ours]
+    if foreign:
+        raise FileExistsError(
+            f"--output {output} holds {len(foreign)} file(s) prepare_data did not write ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); they would be read as training data: choose an empty directory"
+        )
+    for name in ours:
+        (output / name).unlink(missing_ok=True)
+    (output / WRITTEN).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -139,9 +140,11 @@ def run_embedding(options: EmbedOptions) -> dict:
     files, counts = check_inputs(options)
     # Bad model or task: fail before any Ray work, without loading weights.
     resolve_tasks(list(read_manifest(options.model)["tasks"]), options.tasks)
+    # Pin the export version this job reads (a published export is a symlink a new training run may move on).
+    options = options.model_copy(update={"model": str(Path(options.model).resolve())})
     output = Path(options.output).resolve()
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    job = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    staging = output.with_name(f"{output.name}.partial-{job}")  # unique: a concurrent job has its own
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # output rows in input order
     dataset = ray.data.read_parquet(files, columns=[options.text_column, *options.keep_columns])
@@ -160,9 +163,13 @@ def run_embedding(options: EmbedOptions) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         print(f"embedding failed: nothing written to {output} (staging {staging} removed)", flush=True)
         raise
-    if output.exists():
-        shutil.rmtree(output)  # only reached with --overwrite (pre-flight refused otherwise)
-    staging.rename(output)
+    if output.exists():  # only reached with --overwrite (pre-flight refused otherwise)
+        previous = output.with_name(f"{output.name}.replaced-{job}")
+        output.rename(previous)  # whole directories swap: the old output is never half-replaced
+        staging.rename(output)
+        shutil.rmtree(previous)
+    else:
+        staging.rename(output)
     rows_out = sum(pq.read_metadata(path).num_rows for path in sorted(output.glob("*.parquet")))
     seconds = time.perf_counter() - started
     return {

@@ -1,5 +1,10 @@
 """Trained model -> inference export: sentence-transformers layout + `heads/` + `mtl.json`.
 
+Each export is written to a new directory `<parent>/versions/<name>-step<N>-<time>-<id>/` and published by turning
+`<parent>/<name>` into a symlink to it in one atomic rename: retraining under the same name never deletes or rewrites
+a directory a Serve replica or a batch job is reading, and a reader never sees a half-written export. Old versions
+stay until you delete them.
+
 export/
   config.json, model.safetensors, tokenizer files   the encoder (LoRA merged), Hugging Face format
   modules.json, sentence_bert_config.json           so `SentenceTransformer(export)` loads it
@@ -14,8 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import peft
@@ -53,13 +61,39 @@ def _sentence_transformers_files(directory: Path, pooling: str, max_seq_length: 
         quiet.setLevel(level)
 
 
+def new_version_dir(directory: Path, steps: int | str) -> Path:
+    """A fresh, unique directory for one version of the export published as `directory`."""
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return Path(directory).parent / "versions" / f"{Path(directory).name}-step{steps}-{stamp}"
+
+
+def publish(version: Path, directory: Path) -> Path:
+    """Point `directory` (a symlink) at `version` with one atomic rename. A real directory already there (an export
+    from before versioning) is moved into `versions/`, never deleted."""
+    version, directory = Path(version), Path(directory)
+    if directory.exists() and not directory.is_symlink():
+        directory.rename(new_version_dir(directory, "unversioned"))
+    link = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.link")
+    link.symlink_to(os.path.relpath(version, directory.parent))
+    os.replace(link, directory)
+    return directory
+
+
 def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Path, metrics: dict, steps: int) -> Path:
-    """Write everything inference needs (and nothing else) to `directory`, replacing what was there."""
+    """Write everything inference needs (and nothing else) to a new version and publish it as `directory`."""
     hf_logging.disable_progress_bar()  # one log line per export, not tqdm bars per shard
     directory = Path(directory)
-    staging = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = new_version_dir(directory, steps)
     staging.mkdir(parents=True)
+    try:
+        _write_export(model, config, tokenizer, staging, metrics, steps)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never published: nobody can be reading it
+        raise
+    return publish(staging, directory)
+
+
+def _write_export(model: MultiTaskModel, config: Config, tokenizer, staging: Path, metrics: dict, steps: int) -> None:
     encoder = model.encoder
     if isinstance(encoder, peft.PeftModel):
         encoder = encoder.merge_and_unload()
@@ -89,6 +123,3 @@ def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Pa
         },
     }
     (staging / "mtl.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.rename(directory)
-    return directory

@@ -20,6 +20,7 @@ from mtl.config import Config
 from mtl.data.contract import read_validated
 from mtl.evaluation.classification import classification_report
 from mtl.evaluation.stsb import stsb_spearman
+from mtl.inference.export import new_version_dir, publish
 from mtl.inference.exported_model import ExportedModel, read_manifest
 from mtl.model.backbone import starting_encoder_dir
 from mtl.model.heads import build_heads, load_head_into, save_head, weights_fingerprint
@@ -63,8 +64,7 @@ def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict
     run_dir = Path(run_dir)
     device = "cuda" if config.scaling.use_gpu and torch.cuda.is_available() else "cpu"
     export, tuned = run_dir / "export", run_dir / "export_tuned"
-    shutil.rmtree(tuned, ignore_errors=True)
-    export.rename(tuned)
+    publish(export.resolve(), tuned)  # `export` keeps pointing at the fine-tuned version until the blend is published
     start_dir = starting_encoder_dir(config.model)
     start_state = AutoModel.from_pretrained(start_dir, local_files_only=True).state_dict()
     rows, _ = read_validated(config.data.validation, config, "data.validation")
@@ -85,10 +85,12 @@ def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict
     budget = config.retain.max_stsb_drop
     eligible = [row for row in table if budget is None or row["drop"] <= budget] or table[-1:]  # else the smallest
     chosen = max(eligible, key=lambda row: row["score"])
-    shutil.copytree(run_dir / "wise" / f"alpha-{chosen['alpha']:g}", export)
+    version = new_version_dir(export, f"{read_manifest(tuned)['provenance']['steps']}-wise{chosen['alpha']:g}")
+    shutil.copytree(run_dir / "wise" / f"alpha-{chosen['alpha']:g}", version)
     shutil.rmtree(run_dir / "wise")
-    manifest = read_manifest(export)
+    manifest = read_manifest(version)
     manifest["wise_ft"] = {"alpha": chosen["alpha"], "stsb_before": before, "table": table, "tuned": str(tuned)}
-    (export / "mtl.json").write_text(json.dumps(manifest, indent=2))
+    (version / "mtl.json").write_text(json.dumps(manifest, indent=2))
+    publish(version, export)
     print(f"WiSE-FT: exported alpha={chosen['alpha']:g} to {export} (fine-tuned encoder kept in {tuned})", flush=True)
     return manifest["wise_ft"]

@@ -23,7 +23,8 @@ class MultiTaskModel(nn.Module):
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The sentence vector that feeds every head, not normalised."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        return pool(self.pooling, hidden, attention_mask)  # (B, H)
+        # Accumulate in fp32 like inference (a bf16 sum over 128 tokens loses digits), then back to the heads' dtype.
+        return pool(self.pooling, hidden.float(), attention_mask).to(hidden.dtype)  # (B, H)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_pooled: bool = False):
         """Logits `(B, n_labels)` of every task for every row; with `return_pooled`, also the pooled `(B, H)`."""

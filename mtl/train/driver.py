@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import ray
@@ -21,9 +22,58 @@ from mtl.train.run_record import check_or_record
 
 
 def storage_root(config: Config) -> str:
-    """Ray Train wants an absolute local path or a URI (s3://, gs://)."""
+    """`run.storage_path` as an absolute path every node sees (`check_storage`)."""
+    return str(Path(config.run.storage_path).expanduser().resolve())
+
+
+def storage_visibility(root: str) -> dict[str, bool]:
+    """Node IP -> whether a marker this driver writes under `root` is visible there (a zero-CPU task per alive node)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    marker = Path(root) / f".storage-probe-{uuid.uuid4().hex}"
+    marker.write_text(marker.name)
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str, expected: str) -> bool:
+        return Path(path).is_file() and Path(path).read_text() == expected
+
+    try:
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+        answers = [
+            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                str(marker), marker.name
+            )
+            for node in nodes
+        ]
+        seen = ray.get(answers, timeout=120)
+        return {node["NodeManagerAddress"]: visible for node, visible in zip(nodes, seen, strict=True)}
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def check_storage(config: Config, visibility=storage_visibility) -> str:
+    """Refuse, before any worker starts, a `run.storage_path` that not every node of the cluster can read and write.
+
+    Object-store URIs (s3://, gs://, ...) are refused: the run writes its record (run.json), the teacher cache,
+    history, reports and versioned exports with local file operations. On more than one node, a local path is
+    probed from every node; one that some node does not see is refused with the nodes named."""
     path = config.run.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    if "://" in path:
+        raise ConfigError(
+            f"run.storage_path={path!r}: object-store URIs are not supported (run.json, teacher cache, history, "
+            "reports and exports are written with local file operations); mount shared storage on every node "
+            "(cluster/kuberay/storage.yaml at /mnt/shared, EFS in cluster/aws.yaml) and use its path"
+        )
+    root = storage_root(config)
+    if ray.is_initialized() and len([node for node in ray.nodes() if node["Alive"]]) > 1:
+        blind = sorted(node for node, seen in visibility(root).items() if not seen)
+        if blind:
+            raise ConfigError(
+                f"run.storage_path={path!r} ({root}) is not visible from node(s) {blind}: on more than one node the "
+                "run directory must be shared storage every node mounts at the same path (e.g. /mnt/shared)"
+            )
+    return root
 
 
 def existing_file(path: str, key: str) -> Path:
@@ -91,6 +141,7 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
 
 def train_on_ray(config: Config) -> dict:
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
+    root = check_storage(config)
     config = resolved_model_paths(config)
     train_files, train_report, counts, weight_sums = validate_files(config.data.train, config, "data.train")
     print(f"data.train: {len(train_files)} files, {json.dumps(train_report.as_dict())}, rows per task {counts}")
@@ -114,7 +165,6 @@ def train_on_ray(config: Config) -> dict:
     config = config.model_copy(update={"data": config.data.model_copy(update=resolved)})
     check_cpu_budget(config)
 
-    root = storage_root(config)
     run_dir = f"{root}/{config.run.name}"
     check_or_record(run_dir, config, train_files)
     trainer = TorchTrainer(

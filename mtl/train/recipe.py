@@ -159,7 +159,23 @@ def export_snapshot(engine, session: Session, config: Config, tokenizer, name: s
 
 
 def gather_full_model(engine, config: Config) -> MultiTaskModel | None:
-    """A full fp32 copy of the trained model on rank 0 (ZeRO-3 shards consolidated); None elsewhere."""
+    """A full fp32 copy of the trained model on rank 0 (ZeRO-3 shards consolidated); None elsewhere.
+
+    Under DeepSpeed bf16/fp16 the module holds 16-bit copies: trained parameters come from the optimizer's fp32
+    masters (`safe_get_full_fp32_param`, collective), frozen ones from the starting weights (never updated, so the
+    fp32 originals rather than their 16-bit rounding)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    sixteen_bit = config.train.precision in ("bf16", "fp16") and not config.deepspeed.autocast
+    masters, frozen = {}, set()
+    if sixteen_bit:
+        for name, param in engine.module.named_parameters():
+            if not param.requires_grad:
+                frozen.add(name)
+                continue
+            master = safe_get_full_fp32_param(param)  # collective: every rank calls it for every trained parameter
+            if master is not None:
+                masters[name] = master.detach().float().cpu()
     if config.deepspeed.zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank must call
     else:
@@ -167,7 +183,11 @@ def gather_full_model(engine, config: Config) -> MultiTaskModel | None:
     if not (not dist.is_initialized() or dist.get_rank() == 0):
         return None
     model = apply_strategy(build_model(config), config.finetune)
-    model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
+    starting = model.state_dict()
+    model.load_state_dict({
+        name: masters[name] if name in masters else starting[name] if name in frozen else tensor.float()
+        for name, tensor in state.items()
+    })  # fmt: skip
     return model
 
 
