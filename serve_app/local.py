@@ -54,24 +54,28 @@ class LocalServe:
         self.config = shipped_config(model_dir, self.port, **args)
         self.deploy(self.config)
 
-    def deploy(self, config: dict, timeout: float = 180, wait_healthy: bool = True) -> None:
-        """Deploy `config` and wait for /healthz (`wait_healthy=False`: return once the controller has it)."""
+    def deploy(self, config: dict, timeout: float = 240, wait_healthy: bool = True) -> None:
+        """Deploy `config`; wait (up to `timeout`, not Serve's fixed 60 s) until the app is RUNNING and answers
+        /healthz. `wait_healthy=False`: return once the controller has the config."""
+        from ray import serve
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeDeploySchema
 
         self.config = config
-        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=wait_healthy)
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
         if not wait_healthy:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
+            app = serve.status().applications.get(APP_NAME)
+            if app is not None and app.status == "RUNNING":
+                try:
+                    if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                        return
+                except requests.ConnectionError:
+                    pass
             time.sleep(0.5)
-        raise TimeoutError(f"{self.url}/healthz not ready after {timeout} s")
+        raise TimeoutError(f"app {APP_NAME!r} not running and healthy after {timeout} s: {serve.status()}")
 
     def handle(self, deployment: str):
         from ray import serve

@@ -146,6 +146,12 @@ def test_rolling_out_one_head_leaves_the_encoder_and_other_heads_running(served,
     predictions_after = post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"]
     assert [p["topic"] for p in predictions_after] == [p["topic"] for p in predictions_before]
     assert [p["sentiment"] for p in predictions_after] != [p["sentiment"] for p in predictions_before]
+    own = tiny_export / "heads" / "sentiment.safetensors"  # back to the export's head for the tests after this one
+    served.deploy(head_deployment_config(served, "sentiment", own))
+    while served.call("head_sentiment", "identity")["head_file"] != str(own):
+        time.sleep(0.5)
+    restored = post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"]
+    assert [p["sentiment"]["label"] for p in restored] == [p["sentiment"]["label"] for p in predictions_before]
 
 
 MISMATCHES = [
@@ -261,6 +267,7 @@ def test_an_export_with_other_tasks_serves_with_the_shipped_config(served, tiny_
     export = make_tiny_export(tmp_path / "export", tiny_backbone, tasks=tasks)
     original = served.config
     config = copy.deepcopy(original)
+    config["applications"][0].pop("deployments", None)  # as shipped: no per-task entries (earlier tests add one)
     config["applications"][0]["args"]["model_dir"] = str(export)
     try:
         served.deploy(config)
