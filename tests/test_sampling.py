@@ -104,3 +104,43 @@ def test_ray_data_map_draws_afresh_every_epoch(make_config, tmp_path):
     epochs = [clean_rows(raw, config_json, [rates[name] for name in config.task_names]) for _ in range(2)]
     first, second = (set(epoch.column("text").to_pylist()) for epoch in epochs)
     assert first != second  # sentiment rows are drawn at a rate < 1: a different subset each epoch
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_ray_path_has_no_long_single_task_stretches_even_from_single_task_files(make_config, tmp_path):
+    """Issue 13.4: the worker's batch stream (Ray Data read + the session's local shuffle buffer) from data.train given
+    as separate single-task files, 4 of sentiment then 1 of topic: measured longest run of consecutive single-task
+    micro batches and of same-task rows, against what independent draws at these shares give."""
+    import ray
+
+    from mtl.data.ray_datasets import training_dataset
+    from mtl.train.ray_session import SHUFFLE_BUFFER_ROWS
+
+    rows = mixed_rows(4_000, 1_000)
+    for part in range(4):
+        write_parquet(tmp_path / "train" / f"a-sentiment-{part}.parquet",
+                      {key: value[part * 1_000 : (part + 1) * 1_000] for key, value in rows.items()})  # fmt: skip
+    write_parquet(tmp_path / "train" / "b-topic.parquet", {key: value[4_000:] for key, value in rows.items()})
+    config = make_config(data={"train": [str(tmp_path / "train" / "*.parquet")], "validation": []})
+    files, _, counts, weight_sums = validate_files(config.data.train, config, "data.train")
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        dataset, _ = training_dataset(files, config, counts, weight_sums)
+        batches = dataset.iter_batches(batch_size=32, batch_format="numpy", drop_last=True,
+                                       local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=0)  # fmt: skip
+        task_ids = [batch["task_id"] for batch in batches]
+    finally:
+        ray.shutdown()
+    single, longest_batches = 0, 0
+    for ids in task_ids:
+        single = single + 1 if len(set(ids.tolist())) == 1 else 0
+        longest_batches = max(longest_batches, single)
+    stream = np.concatenate(task_ids)
+    changes = np.flatnonzero(np.diff(stream)) + 1
+    longest_rows = int(np.diff(np.concatenate([[0], changes, [len(stream)]])).max())
+    # Independent draws at 80 % sentiment: an all-sentiment batch of 32 has p = 0.8**32 (~0.08 %); the longest
+    # sentiment run among ~5,000 rows is ~log(5000)/log(1/0.8) ~ 38 rows. File order must not stretch either.
+    print(f"single-task files: longest single-task batch run {longest_batches}, same-task row run {longest_rows}")
+    assert longest_batches <= 2, longest_batches
+    assert longest_rows <= 100, longest_rows
