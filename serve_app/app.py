@@ -1,6 +1,6 @@
 """The application builder: `serve run serve_app/serve_config.yaml` imports `serve_app.app:build_app`.
 
-HTTP -> Ingress (FastAPI, @serve.batch across requests) --one call per batch--> Encoder (forward passes)
+HTTP -> Ingress (FastAPI, batches requests: batching.py) --one call per batch--> Encoder (forward passes)
                                                         --one call per batch--> head_<task> (one per task in the export)
 """
 
@@ -56,4 +56,4 @@ def build_app(args: AppArgs) -> Application:
         user_config={"max_batch_size": args.max_batch_requests, "batch_wait_timeout_s": args.batch_wait_timeout_s},
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests,
-    ).bind(encoder, heads, {**model_info(manifest), "model_dir": str(model_dir)}, limits)
+    ).bind(encoder, heads, model_info(manifest), limits, str(model_dir))

@@ -2,11 +2,11 @@
 
 Ray Serve's `@serve.batch` does this job, but measured here it is slower: the same app with `@serve.batch`
 (`batch_wait_timeout_s=0`) on the ingress and the encoder answered 88 req/s at concurrency 32 and 24-26 ms p50 at
-concurrency 1, with this class 134 req/s and 21.5 ms (Ray 2.60, 2 cores, RAY_SERVE_THROUGHPUT_OPTIMIZED=1 with
-HAProxy, 2 ingress replicas, fp32, two runs each; README "Serving"). The idle path is the difference: the first
-caller runs its batch itself instead of queueing it for a background loop. Same contract: a list of items in, a
-list of results out, in order; runtime-settable size and wait; a batch is everything that queued while the
-previous one ran, optionally after waiting `wait_s` to fill.
+concurrency 1, with this class 129-134 req/s and 21.5 ms (Ray 2.60, 2 cores, RAY_SERVE_THROUGHPUT_OPTIMIZED=1 with
+HAProxy, 2 ingress replicas, fp32, two runs each; README "Serving"). Why `@serve.batch` costs more here was not
+established. Here an idle caller runs its batch itself instead of handing it to a background loop. Same
+contract: a list of items in, a list of results out, in order; runtime-settable size and wait; a batch is
+everything that queued while the previous one ran, optionally after waiting `wait_s` to fill.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ class Batcher(Generic[Item, Result]):
         self.wait_s = wait_s
         self._queue: list[tuple[Item, asyncio.Future]] = []
         self._draining = False
-        self.batch_sizes: list[int] = []  # the last few batch sizes, for /v1/model and tests
 
     async def __call__(self, item: Item) -> Result:
         future = asyncio.get_running_loop().create_future()
@@ -58,7 +57,6 @@ class Batcher(Generic[Item, Result]):
         batch = [(item, future) for item, future in batch if not future.done()]  # callers that gave up
         if not batch:
             return
-        self.batch_sizes = [*self.batch_sizes[-63:], len(batch)]
         try:
             results = await self.func([item for item, _ in batch])
             if len(results) != len(batch):

@@ -140,11 +140,14 @@ def _retry_later(detail: str) -> HTTPException:
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, encoder: DeploymentHandle, heads: dict[str, DeploymentHandle], info: dict, limits: dict):
+    def __init__(
+        self, encoder: DeploymentHandle, heads: dict[str, DeploymentHandle], info: dict, limits: dict, model_dir: str
+    ):
         check_exposure(limits["host"], limits["auth_token_env"], limits["allow_unauthenticated"])
         self.encoder = encoder
         self.heads = heads
-        self.info = info  # tasks -> labels, pooling, dim, max_seq_length, provenance, metrics, model_dir
+        self.info = info  # tasks -> labels, pooling, dim, max_seq_length, provenance, metrics
+        self.model_dir = model_dir  # its tokenizer counts /v1/embeddings usage
         self.limits = limits  # max_texts, max_chars, max_body_bytes, call_timeout_s, ...
         api.state.auth_token_env = limits["auth_token_env"]
         api.state.max_body_bytes = limits["max_body_bytes"]
@@ -213,7 +216,7 @@ class Ingress:
         identities = await asyncio.gather(*(self._call(head.identity.remote()) for head in self.heads.values()))
         heads = dict(zip(self.heads, identities, strict=True))
         limits = {key: self.limits[key] for key in ("max_texts", "max_chars", "max_body_bytes")}
-        return {**{k: v for k, v in self.info.items() if k != "model_dir"}, "heads": heads, "limits": limits}
+        return {**self.info, "heads": heads, "limits": limits}
 
     @api.post("/v1/embed", response_model=EmbedResponse, dependencies=[Depends(check_token)])
     async def embed(self, body: EmbedRequest) -> JSONResponse:
@@ -250,7 +253,7 @@ class Ingress:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.info["model_dir"], local_files_only=True)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         ids = self._tokenizer(texts, truncation=True, max_length=self.info["max_seq_length"])["input_ids"]
         return sum(len(row) for row in ids)
 

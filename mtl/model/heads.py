@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
@@ -45,7 +45,7 @@ def head_metadata(path: Path) -> dict:
     return {**metadata, "labels": json.loads(metadata["labels"])} if "labels" in metadata else metadata
 
 
-def check_head(path: Path, task: str, labels: list[str], encoder: str | None) -> None:
+def check_head(path: Path, task: str, labels: list[str], encoder: str) -> None:
     """Refuse a head file written for another task, label order or encoder, naming the mismatch."""
     found = head_metadata(path)
     if not found:
@@ -56,7 +56,7 @@ def check_head(path: Path, task: str, labels: list[str], encoder: str | None) ->
         problems.append(f"it is the head of task {found.get('task')!r}, not {task!r}")
     if found.get("labels") != list(labels):
         problems.append(f"its labels are {found.get('labels')}, expected {list(labels)} (in id order)")
-    if encoder is not None and found.get("encoder") != encoder:
+    if found.get("encoder") != encoder:
         problems.append(f"it was trained with encoder {found.get('encoder')}, this encoder is {encoder}")
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))
@@ -64,8 +64,7 @@ def check_head(path: Path, task: str, labels: list[str], encoder: str | None) ->
 
 def load_head_into(head: nn.Linear, path: Path) -> None:
     """Copy a saved head into `head`, checking shapes against the config's labels."""
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open has no iter)
+    tensors = load_file(str(path))
     expected = {"weight": tuple(head.weight.shape), "bias": tuple(head.bias.shape)}
     found = {name: tuple(tensors[name].shape) for name in expected if name in tensors}
     if found != expected:
