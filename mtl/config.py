@@ -190,6 +190,9 @@ class TrainConfig(Section):
     """Save a checkpoint every this many optimizer steps (and at the end)."""
     log_every: int = Field(20, ge=1)
     """Print a progress line every this many optimizer steps."""
+    log_rows: bool = False
+    """Write the ids, epochs and task ids of the rows every step trained on to `<run_dir>/trained_rows/` (one JSON
+    line per step and rank; a resume cuts it back to its checkpoint, so it lists the rows behind the final model)."""
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainConfig:

@@ -30,6 +30,8 @@ BAD_ROW_REASONS = {
     "unknown_label": "label name is not one of the task's labels",
 }
 CLEAN_SCHEMA = pa.schema([("text", pa.string()), ("task_id", pa.int32()), ("label", pa.int64())])
+# `ray.data.read_parquet(include_row_hash=True)`'s column: a hash of file path and row position, the same every read.
+ROW_HASH = "row_hash"
 
 
 class DataError(ValueError):
@@ -149,15 +151,15 @@ def validate_batch(
         bad |= fresh
     keep = ~bad
     report.rows_out = int(keep.sum())
-    clean = pa.table(
-        {
-            "text": pa.array(texts[keep], type=pa.string()),
-            "task_id": pa.array(task_ids[keep], type=pa.int32()),
-            "label": pa.array(label_ids[keep], type=pa.int64()),
-        },
-        schema=CLEAN_SCHEMA,
-    )
-    return clean, report
+    columns = {
+        "text": pa.array(texts[keep], type=pa.string()),
+        "task_id": pa.array(task_ids[keep], type=pa.int32()),
+        "label": pa.array(label_ids[keep], type=pa.int64()),
+    }
+    if ROW_HASH in batch.column_names:  # Ray Data's id of each row, kept for resuming mid-epoch
+        columns["row_id"] = pa.array(batch.column(ROW_HASH).to_numpy()[keep], type=pa.uint64())
+        return pa.table(columns), report
+    return pa.table(columns, schema=CLEAN_SCHEMA), report
 
 
 def _allowed(reason: str, config: Config, task: object) -> str:

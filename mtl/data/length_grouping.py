@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from itertools import islice
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from mtl.data.tokenization import token_ids
 
-# A row batch: text (object), task_id (int32), label (int64), optionally teacher (float32, (B, H)).
+# A row batch: text (object), task_id (int32), label (int64); training rows also row_id (uint64) and epoch (int64),
+# and with cached distill targets teacher (float32, (B, H)).
 # A token batch: input_ids (list of unpadded id lists), task_id, label (, teacher); padded only on the device.
 Batch = dict[str, np.ndarray]
 TokenBatch = dict[str, np.ndarray | list[list[int]]]
@@ -39,19 +39,39 @@ def length_grouped(
     `timer` (a `mtl.train.progress.PhaseTimer`) charges the tokenisation to its `tokenize` phase.
     """
     rng = np.random.default_rng(seed)
-    batches = iter(batches)
-    while group := list(islice(batches, max(window, 1))):
+    for group in _windows(batches, max(window, 1)):
         with timer.phase("tokenize") if timer else contextlib.nullcontext():
             regrouped = _regroup(group, tokenizer, max_seq_length, window >= 2, rng)
         yield from regrouped  # outside the phase: the consumer's time between batches is not tokenisation
+
+
+def _windows(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
+    """Runs of `size` batches; a window never mixes epochs (training batches carry `epoch`), so an epoch trains
+    exactly its own rows."""
+    group: list[Batch] = []
+    for batch in batches:
+        if group and "epoch" in batch and batch["epoch"][0] != group[-1]["epoch"][0]:
+            yield group
+            group = []
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool, rng) -> list[TokenBatch]:
     texts = np.concatenate([batch["text"] for batch in group]).tolist()
     task_ids = np.concatenate([batch["task_id"] for batch in group])
     labels = np.concatenate([batch["label"] for batch in group])
-    # Cached teacher vectors ride along with their rows (Ray Data may hand a fixed-size list out as rows of arrays).
-    teacher = np.concatenate([np.stack(batch["teacher"]) for batch in group]) if "teacher" in group[0] else None
+    # Other columns ride along with their rows: cached teacher vectors (Ray Data may hand a fixed-size list out as
+    # rows of arrays, hence the stack), row ids and epochs (`mtl.train.stream_position`).
+    extras = {
+        name: np.concatenate([np.stack(batch[name]) for batch in group])
+        for name in group[0]
+        if name not in ("text", "task_id", "label")
+    }
     ids = token_ids(tokenizer, texts, max_seq_length)
     sizes = [len(batch["task_id"]) for batch in group]
     if not by_length:
@@ -73,7 +93,6 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
     out = [
         {"input_ids": [ids[row] for row in rows], "task_id": task_ids[rows], "label": labels[rows]} for rows in chunks
     ]
-    if teacher is not None:
-        for batch, rows in zip(out, chunks, strict=True):
-            batch["teacher"] = teacher[rows]
+    for batch, rows in zip(out, chunks, strict=True):
+        batch.update({name: column[rows] for name, column in extras.items()})
     return out

@@ -17,8 +17,8 @@ import pyarrow as pa
 import ray.data
 
 from mtl.config import Config, validate_config
-from mtl.data.contract import RowReport, expand_paths, iter_validated, validate_batch
-from mtl.data.sampling import draw_counts, draw_rates, row_weights
+from mtl.data.contract import ROW_HASH, RowReport, expand_paths, iter_validated, validate_batch
+from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
 
 
 def validate_files(
@@ -75,12 +75,21 @@ def resample_rows(clean: pa.Table, config_json: str, rates: list[float]) -> pa.T
     # Fresh draws every time Ray Data runs the map (every epoch): a seed derived from the block would leave out the
     # same rows in every epoch. (Ray Data's streaming order is not reproducible run to run anyway.)
     copies = draw_counts(expected, np.random.default_rng())
-    return clean.take(np.repeat(np.arange(clean.num_rows), copies))
+    drawn = clean.take(np.repeat(np.arange(clean.num_rows), copies))
+    if "row_id" not in drawn.column_names:
+        return drawn
+    ids = draw_ids(clean.column("row_id").to_numpy(), copies)  # each copy its own id
+    return drawn.set_column(drawn.schema.get_field_index("row_id"), "row_id", pa.array(ids, type=pa.uint64()))
 
 
-def read_rows(files: list[str], config: Config, rates: list[float] | None = None) -> ray.data.Dataset:
+def read_rows(
+    files: list[str], config: Config, rates: list[float] | None = None, row_ids: bool = False
+) -> ray.data.Dataset:
+    """Clean rows (`clean_rows`); with `row_ids`, each carries a `row_id` (file path + position: the same on every
+    read), which is how a resumed run leaves out what it already trained (`mtl.train.stream_position`)."""
     columns = [config.data.text_column, config.data.task_column, config.data.label_column]
-    return ray.data.read_parquet(files, columns=columns, num_cpus=DATA_TASK_CPUS).map_batches(
+    dataset = ray.data.read_parquet(files, columns=columns, include_row_hash=row_ids, num_cpus=DATA_TASK_CPUS)
+    return dataset.map_batches(
         clean_rows,
         fn_kwargs={"config_json": config.model_dump_json(), "rates": rates},
         batch_format="pyarrow",
@@ -103,8 +112,9 @@ def training_dataset(
     every_row_once = config.data.sampling == "proportional" and config.data.long_text_words is None
     task_rates = None if every_row_once else [rates[name] for name in config.task_names]
     if teacher_files is None:
-        return read_rows(files, config, task_rates), epoch_rows
-    dataset = ray.data.read_parquet(teacher_files, num_cpus=DATA_TASK_CPUS)
+        return read_rows(files, config, task_rates, row_ids=True), epoch_rows
+    dataset = ray.data.read_parquet(teacher_files, include_row_hash=True, num_cpus=DATA_TASK_CPUS)
+    dataset = dataset.rename_columns({ROW_HASH: "row_id"})
     if task_rates is not None:
         dataset = dataset.map_batches(
             resample_rows,

@@ -57,3 +57,16 @@ def draw_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     (unbiased; a row expected at least once is never left out)."""
     whole = np.floor(expected)
     return (whole + (rng.random(len(expected)) < expected - whole)).astype(np.int64)
+
+
+# Copy k of a row drawn more than once in an epoch gets id `row_id + k * DRAW_STRIDE` (mod 2**64): every draw has its
+# own id, so a resumed epoch can leave out exactly the copies already trained (`mtl.train.stream_position`).
+DRAW_STRIDE = np.uint64(0x9E3779B97F4A7C15)
+
+
+def draw_ids(row_ids: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    """The ids of `np.repeat(rows, copies)`: a row's first copy keeps its id, later copies get their own."""
+    repeated = np.repeat(np.asarray(row_ids, dtype=np.uint64), copies)
+    starts = np.repeat(np.cumsum(copies) - copies, copies)
+    copy_index = (np.arange(len(repeated)) - starts).astype(np.uint64)
+    return repeated + copy_index * DRAW_STRIDE  # uint64 arrays wrap around silently

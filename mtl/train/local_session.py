@@ -7,6 +7,7 @@ benchmark baseline. It owns a one-rank gloo (CPU) or NCCL (GPU) process group.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -18,11 +19,12 @@ import torch.distributed as dist
 
 from mtl.config import Config, ConfigError
 from mtl.data.contract import expand_paths, read_validated
-from mtl.data.sampling import draw_counts, draw_rates, row_weights
+from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
 from mtl.inference.wise import choose_alpha
 from mtl.train.recipe import Batch, run_training
 from mtl.train.report import write_report
 from mtl.train.run_record import check_or_record
+from mtl.train.stream_position import StreamPosition
 
 
 def ensure_single_process_group(use_gpu: bool) -> None:
@@ -38,14 +40,19 @@ def ensure_single_process_group(use_gpu: bool) -> None:
     dist.init_process_group("nccl" if use_gpu else "gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
-def table_batches(table: pa.Table, indices: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+def table_batches(
+    table: pa.Table, indices: np.ndarray, batch_size: int, drop_last: bool, row_ids: np.ndarray | None = None
+) -> Iterator[Batch]:
     texts = np.asarray(table.column("text").to_pylist(), dtype=object)
     task_ids = table.column("task_id").to_numpy()
     labels = table.column("label").to_numpy()
     stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
         rows = indices[start : start + batch_size]
-        yield {"text": texts[rows], "task_id": task_ids[rows], "label": labels[rows]}
+        batch = {"text": texts[rows], "task_id": task_ids[rows], "label": labels[rows]}
+        if row_ids is not None:
+            batch["row_id"] = row_ids[start : start + batch_size]
+        yield batch
 
 
 class LocalSession:
@@ -57,6 +64,7 @@ class LocalSession:
 
     def __init__(self, config: Config):
         self.config = config
+        self.position = StreamPosition()
         self.run_dir = Path(config.run.storage_path) / config.run.name
         self.checkpoint_root = self.run_dir / "checkpoints"
         self.train_files = expand_paths(config.data.train, "data.train")
@@ -78,12 +86,17 @@ class LocalSession:
 
     def train_batches(self) -> Iterator[Batch]:
         rng = np.random.default_rng(self.config.train.seed)
-        while True:  # the same draw rule as the Ray Data path (`clean_rows`), drawn afresh every epoch
-            indices = np.repeat(np.arange(len(self.expected_draws)), draw_counts(self.expected_draws, rng))
-            rng.shuffle(indices)
-            if len(indices) < self.config.train.micro_batch_size:  # a (rare, random) epoch too small for a step
+        size = self.config.train.micro_batch_size
+        rows = np.arange(len(self.expected_draws))
+        # The same draw rule as the Ray Data path (`clean_rows`), drawn afresh every epoch; a row's id is its index.
+        for epoch in itertools.count(self.position.start_epoch):
+            copies = draw_counts(self.expected_draws, rng)
+            order = rng.permutation(int(copies.sum()))
+            indices, ids = np.repeat(rows, copies)[order], draw_ids(rows, copies)[order]
+            if len(indices) < size:  # a (rare, random) epoch too small for a step
                 continue
-            yield from table_batches(self.train_table, indices, self.config.train.micro_batch_size, drop_last=True)
+            batches = table_batches(self.train_table, indices, size, drop_last=True, row_ids=ids)
+            yield from self.position.epoch(epoch, batches, size)
 
     def validation_batches(self) -> Iterable[Batch]:
         if self.validation_table is None:

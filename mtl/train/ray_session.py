@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import ray.train
 import torch
 
 from mtl.train.recipe import Batch, run_training
+from mtl.train.stream_position import StreamPosition
 
 SHUFFLE_BUFFER_ROWS = 2_048
 
@@ -25,21 +27,26 @@ class RaySession:
         self.seed = int(config_data["train"]["seed"])
         self.has_validation = has_validation
         self.teacher_vectors = teacher_vectors
+        self.position = StreamPosition()
 
     def train_batches(self) -> Iterator[Batch]:
         shard = ray.train.get_dataset_shard("train")
-        while True:  # every rank runs the same number of steps, so epochs simply repeat
-            batches = 0
-            for batch in shard.iter_batches(
+        # Every rank runs the same number of steps, so epochs simply repeat; a resumed run starts where its checkpoint
+        # left the stream.
+        for epoch in itertools.count(self.position.start_epoch):
+            rows = shard.iter_batches(
                 batch_size=self.micro_batch_size,
                 batch_format="numpy",
                 drop_last=True,
                 local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
                 local_shuffle_seed=self.seed + self.rank,
-            ):
+            )
+            batches = 0
+            for batch in self.position.epoch(epoch, rows, self.micro_batch_size):
                 batches += 1
                 yield batch
-            if batches == 0:  # an epoch without one full micro batch would repeat forever
+            # An epoch without one full micro batch would repeat forever (a resumed epoch may have none left).
+            if batches == 0 and epoch not in self.position.skip:
                 raise RuntimeError(
                     f"rank {self.rank}: a whole epoch of its data.train shard held fewer rows than one micro batch "
                     f"(train.micro_batch_size={self.micro_batch_size}); lower it or scaling.num_workers"

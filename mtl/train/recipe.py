@@ -33,6 +33,7 @@ from mtl.train.optim import build_optimizer, build_scheduler
 from mtl.train.progress import PhaseTimer, Throughput, flatten, progress_line
 from mtl.train.report import append_history
 from mtl.train.retention import StsbProbe, Teacher, distill_loss, l2sp_loss
+from mtl.train.stream_position import RowLog, StreamPosition
 from mtl.train.validation import evaluate, selection_score
 
 
@@ -43,9 +44,11 @@ class Session(Protocol):
     world_size: int
     run_dir: Path
     teacher_vectors: bool  # training batches carry cached `teacher` vectors (retain.teacher: cached, on Ray)
+    position: StreamPosition  # where `train_batches` is in the data stream (saved with checkpoints)
 
     def train_batches(self) -> Iterator[Batch]:
-        """Endless micro batches of this rank's shard (re-shuffled every epoch)."""
+        """Endless micro batches of this rank's shard (re-shuffled every epoch), each row with its `row_id` and
+        `epoch`, starting where `position` says."""
 
     def validation_batches(self) -> Iterable[Batch]:
         """One pass over this rank's part of the validation rows."""
@@ -108,6 +111,7 @@ def save_checkpoint(engine, session: Session, step: int, metrics: dict, state: d
     """Every rank writes its DeepSpeed shard into its own temp dir and reports it; `state` rides along."""
     with tempfile.TemporaryDirectory(prefix="mtl-ckpt-") as directory:
         engine.save_checkpoint(directory, tag="state", client_state={"step": step, **state})
+        session.position.save(directory, session.rank, engine.device)  # collective
         session.report({"step": step, **flatten(metrics)}, checkpoint_dir=directory)
 
 
@@ -120,8 +124,12 @@ def resume(engine, session: Session) -> tuple[int, dict]:
             return 0, state
         _, client_state = engine.load_checkpoint(directory, tag="state")
         step = int(client_state["step"])
+        if session.position.restore(directory):
+            where = session.position.describe()
+        else:
+            where = "the checkpoint predates stream positions: the data stream starts again from its beginning"
         if session.rank == 0:
-            print(f"resumed from checkpoint at step {step} ({directory})", flush=True)
+            print(f"resumed from checkpoint at step {step} ({directory}); {where}", flush=True)
         return step, {key: client_state.get(key, default) for key, default in state.items()}
 
 
@@ -237,6 +245,9 @@ def run_training(config_data: dict, session: Session) -> dict:
         if session.rank == 0:
             print(f"STS-B Spearman of the starting encoder ({config.data.stsb}): {stsb_before:.4f}", flush=True)
     step, state = resume(engine, session)
+    row_log = RowLog(session.run_dir, session.rank) if config.train.log_rows else None
+    if row_log:
+        row_log.cut_back(step)
     stsb = None
 
     writer = _tensorboard(session)
@@ -284,10 +295,15 @@ def run_training(config_data: dict, session: Session) -> dict:
                 engine.backward(loss)
             with timer.phase("optimizer"):
                 engine.step()
+            session.position.mark(batch)
+            if row_log:
+                row_log.add(batch)
             for task_id, name in enumerate(config.task_names):
                 if (inputs["task_ids"] == task_id).any():
                     running[name].append(float(per_task[name]))
         step += 1
+        if row_log:
+            row_log.write(step)
         seconds = time.perf_counter() - step_started
         throughput.step(seconds, rows_per_step, step_tokens, step_real_tokens, timer.take())
         if session.rank == 0 and (step % config.train.log_every == 0 or step == total_steps):

@@ -21,7 +21,7 @@ RECORD = "run.json"
 # how it reacts to failures.
 MAY_CHANGE = {
     "run.max_failures", "run.keep_checkpoints", "run.if_exists", "train.max_steps", "train.log_every",
-    "train.eval_every", "train.checkpoint_every", "train.profile_phases",
+    "train.eval_every", "train.checkpoint_every", "train.profile_phases", "train.log_rows",
 }  # fmt: skip
 
 
