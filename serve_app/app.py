@@ -46,8 +46,16 @@ def build_app(args: AppArgs) -> Application:
         for task in manifest["tasks"]
     }
     limits = {
-        **args.model_dump(include={"max_texts", "max_chars", "max_body_bytes", "call_timeout_s", "auth_token_env",
-                                   "allow_unauthenticated"}),  # fmt: skip
+        **args.model_dump(
+            include={
+                "max_texts",
+                "max_chars",
+                "max_body_bytes",
+                "call_timeout_s",
+                "auth_token_env",
+                "allow_unauthenticated",
+            }
+        ),  # fmt: skip
         "host": host,
     }
     return Ingress.options(

@@ -1,12 +1,12 @@
 """Ray Data -> Ray Train (2 workers) -> DeepSpeed on a tiny model, through the real job entrypoint."""
 
 import json
-from collections import Counter
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import yaml

@@ -70,8 +70,15 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, total: int) 
     }
 
 
-async def kill_under_load(url: str, texts: list[str], kill, concurrency: int = 16, duration_s: float = 20.0,
-                          kill_at_s: float = 4.0, timeout_s: float = 30.0) -> dict:
+async def kill_under_load(
+    url: str,
+    texts: list[str],
+    kill,
+    concurrency: int = 16,
+    duration_s: float = 20.0,
+    kill_at_s: float = 4.0,
+    timeout_s: float = 30.0,
+) -> dict:
     """Closed-loop load on `url` for `duration_s`; `kill()` (e.g. SIGKILL of the encoder replica) runs at `kill_at_s`.
 
     Returns requests sent, ok, failed (non-200 or connection error), hung (no answer within `timeout_s`) and
