@@ -126,7 +126,7 @@ def test_ray_path_has_no_long_single_task_stretches_even_from_single_task_files(
     files, _, counts, weight_sums = validate_files(config.data.train, config, "data.train")
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        dataset, _ = training_dataset(files, config, counts, weight_sums)
+        dataset, _, _ = training_dataset(files, config, counts, weight_sums, str(tmp_path / "stream_resume.npy"))
         batches = dataset.iter_batches(batch_size=32, batch_format="numpy", drop_last=True,
                                        local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=0)  # fmt: skip
         task_ids = [batch["task_id"] for batch in batches]

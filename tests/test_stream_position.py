@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mtl.data.sampling import draw_ids
+from mtl.data.stream_position import RowLog, StreamPosition
 from mtl.train.local_session import train_locally
-from mtl.train.stream_position import RowLog, StreamPosition
 
 pytestmark = pytest.mark.timeout(300)
 

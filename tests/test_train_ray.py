@@ -55,8 +55,8 @@ def test_two_workers_on_uneven_shards_finish_and_export(tiny_backbone, tmp_path)
 
 def test_a_killed_worker_is_replaced_and_a_one_pass_run_trains_every_row_once(tiny_backbone, tmp_path):
     raw = config_dict(tiny_backbone, tmp_path)
-    train = write_parquet(tmp_path / "data" / "train-640.parquet", synthetic_rows(640, seed=5))
-    raw["data"].update(train=[str(train)], length_window=4)
+    files = [write_parquet(tmp_path / "data" / f"part-{i}.parquet", synthetic_rows(160, seed=10 + i)) for i in range(4)]
+    raw["data"].update(train=[str(path) for path in files], length_window=4)
     # One epoch: 640 rows / (2 workers x 4 rows) = 80 steps.
     raw["train"] = {**raw["train"], "max_steps": None, "epochs": 1, "micro_batch_size": 4, "log_rows": True}
     raw["train"].update(eval_every=40, checkpoint_every=4, log_every=4)
@@ -78,7 +78,7 @@ def test_a_killed_worker_is_replaced_and_a_one_pass_run_trains_every_row_once(ti
         found = re.search(r"worker rank 1/2 on node \w+ pid (\d+)", line)
         if found:
             victim = int(found.group(1))
-        if not killed and victim and re.search(r"step (1[2-9]|[2-9]\d)/80", line):
+        if not killed and victim and re.search(r"step (2[4-9]|[3-7]\d)/80", line):
             os.kill(victim, signal.SIGKILL)  # a worker dies mid-run, after some checkpoints
             killed = True
     process.wait(timeout=420)
@@ -86,7 +86,7 @@ def test_a_killed_worker_is_replaced_and_a_one_pass_run_trains_every_row_once(ti
     assert killed, output[-3000:]
     assert process.returncode == 0, output[-5000:]
     resumed = [int(step) for step in re.findall(r"resumed from checkpoint at step (\d+)", output)]
-    assert resumed and resumed[0] >= 4, output[-3000:]
+    assert resumed and resumed[0] >= 8, output[-3000:]
     result = json.loads(output.strip().splitlines()[-1])
     assert result["steps"] == 80
     # The rows behind the final model: each once, give or take one micro batch per rank (the two ranks' shares of

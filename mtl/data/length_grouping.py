@@ -27,7 +27,7 @@ TokenBatch = dict[str, np.ndarray | list[list[int]]]
 
 
 def length_grouped(
-    batches: Iterable[Batch],
+    batches: Iterable[Batch | None],
     tokenizer: PreTrainedTokenizerBase,
     max_seq_length: int,
     window: int,
@@ -45,14 +45,17 @@ def length_grouped(
         yield from regrouped  # outside the phase: the consumer's time between batches is not tokenisation
 
 
-def _windows(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
-    """Runs of `size` batches; a window never mixes epochs (training batches carry `epoch`), so an epoch trains
-    exactly its own rows."""
+def _windows(batches: Iterable[Batch | None], size: int) -> Iterator[list[Batch]]:
+    """Runs of `size` batches; a window never mixes epochs: a session's `None` after an epoch's last batch
+    (`mtl.data.stream_position.EPOCH_END`) ends the window, so an epoch trains exactly its own rows and is trained out
+    before the next one is read."""
     group: list[Batch] = []
     for batch in batches:
-        if group and "epoch" in batch and batch["epoch"][0] != group[-1]["epoch"][0]:
-            yield group
+        if batch is None:
+            if group:
+                yield group
             group = []
+            continue
         group.append(batch)
         if len(group) == size:
             yield group
@@ -66,7 +69,7 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
     task_ids = np.concatenate([batch["task_id"] for batch in group])
     labels = np.concatenate([batch["label"] for batch in group])
     # Other columns ride along with their rows: cached teacher vectors (Ray Data may hand a fixed-size list out as
-    # rows of arrays, hence the stack), row ids and epochs (`mtl.train.stream_position`).
+    # rows of arrays, hence the stack), row ids and epochs (`mtl.data.stream_position`).
     extras = {
         name: np.concatenate([np.stack(batch[name]) for batch in group])
         for name in group[0]

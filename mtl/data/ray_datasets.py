@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,7 @@ import ray.data
 from mtl.config import Config, validate_config
 from mtl.data.contract import ROW_HASH, RowReport, expand_paths, iter_validated, validate_batch
 from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
+from mtl.data.stream_position import is_in
 
 
 def validate_files(
@@ -86,7 +88,7 @@ def read_rows(
     files: list[str], config: Config, rates: list[float] | None = None, row_ids: bool = False
 ) -> ray.data.Dataset:
     """Clean rows (`clean_rows`); with `row_ids`, each carries a `row_id` (file path + position: the same on every
-    read), which is how a resumed run leaves out what it already trained (`mtl.train.stream_position`)."""
+    read), which is how a resumed run leaves out what it already trained (`mtl.data.stream_position`)."""
     columns = [config.data.text_column, config.data.task_column, config.data.label_column]
     dataset = ray.data.read_parquet(files, columns=columns, include_row_hash=row_ids, num_cpus=DATA_TASK_CPUS)
     return dataset.map_batches(
@@ -97,17 +99,48 @@ def read_rows(
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _trained_ids(path: str, stamp: tuple) -> np.ndarray:
+    return np.load(path)
+
+
+def drop_trained(batch: pa.Table, resume_file: str) -> pa.Table:
+    """Ray Data map of `train_rest`: leaves out the rows a resumed run trained in its epoch before the checkpoint.
+
+    The ids are read from `resume_file` when the pass runs (rank 0 writes it on resume, after the dataset was built).
+    """
+    stat = os.stat(resume_file)
+    trained = _trained_ids(resume_file, (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return batch.filter(pa.array(~is_in(batch.column("row_id").to_numpy(), trained)))
+
+
 def training_dataset(
     files: list[str],
     config: Config,
     counts: dict[str, int],
     weight_sums: dict[str, float],
+    resume_file: str,
     teacher_files: list[str] | None = None,
-) -> tuple[ray.data.Dataset, int]:
-    """One epoch of the configured task mix (and long-text weighting); returns the dataset and its expected rows.
+) -> tuple[ray.data.Dataset, ray.data.Dataset, int]:
+    """One epoch of the configured task mix (and long-text weighting); returns the dataset, the same without the rows
+    listed in `resume_file` (`drop_trained`: the rest of the epoch a run resumes in) and the epoch's expected rows.
 
     `teacher_files` (`mtl.data.teacher_embeddings`): the same clean rows with a `teacher` column, read instead.
     """
+    dataset, epoch_rows = _epoch(files, config, counts, weight_sums, teacher_files)
+    rest = dataset.map_batches(
+        drop_trained, fn_kwargs={"resume_file": resume_file}, batch_format="pyarrow", num_cpus=DATA_TASK_CPUS
+    )
+    return dataset, rest, epoch_rows
+
+
+def _epoch(
+    files: list[str],
+    config: Config,
+    counts: dict[str, int],
+    weight_sums: dict[str, float],
+    teacher_files: list[str] | None,
+) -> tuple[ray.data.Dataset, int]:
     rates, epoch_rows = draw_rates(counts, weight_sums, config.data)
     every_row_once = config.data.sampling == "proportional" and config.data.long_text_words is None
     task_rates = None if every_row_once else [rates[name] for name in config.task_names]

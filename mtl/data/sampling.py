@@ -60,7 +60,7 @@ def draw_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # Copy k of a row drawn more than once in an epoch gets id `row_id + k * DRAW_STRIDE` (mod 2**64): every draw has its
-# own id, so a resumed epoch can leave out exactly the copies already trained (`mtl.train.stream_position`).
+# own id, so a resumed epoch can leave out exactly the copies already trained (`mtl.data.stream_position`).
 DRAW_STRIDE = np.uint64(0x9E3779B97F4A7C15)
 
 

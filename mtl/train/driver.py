@@ -13,6 +13,7 @@ from ray.train.torch import TorchTrainer
 
 from mtl.config import Config, ConfigError
 from mtl.data.ray_datasets import read_rows, training_dataset, validate_files
+from mtl.data.stream_position import RESUME_FILE
 from mtl.data.teacher_embeddings import teacher_embeddings
 from mtl.inference.exported_model import read_manifest
 from mtl.inference.wise import choose_alpha
@@ -153,7 +154,11 @@ def train_on_ray(config: Config) -> dict:
     teacher_files = None
     if config.retain.method == "distill" and config.retain.teacher == "cached":
         teacher_files, _ = teacher_embeddings(train_files, config, sum(counts.values()))
-    datasets["train"], epoch_rows = training_dataset(train_files, config, counts, weight_sums, teacher_files)
+    run_dir = f"{root}/{config.run.name}"
+    resume_file = str(Path(run_dir, RESUME_FILE))
+    datasets["train"], datasets["train_rest"], epoch_rows = training_dataset(
+        train_files, config, counts, weight_sums, resume_file, teacher_files
+    )
     check_rows_per_worker(epoch_rows, config)
     config = config.with_steps_for(epoch_rows)
     # Workers run elsewhere (another cwd, another node): hand them the files, absolute.
@@ -165,7 +170,6 @@ def train_on_ray(config: Config) -> dict:
     config = config.model_copy(update={"data": config.data.model_copy(update=resolved)})
     check_cpu_budget(config)
 
-    run_dir = f"{root}/{config.run.name}"
     check_or_record(run_dir, config, train_files)
     trainer = TorchTrainer(
         train_worker,

@@ -20,11 +20,11 @@ import torch.distributed as dist
 from mtl.config import Config, ConfigError
 from mtl.data.contract import expand_paths, read_validated
 from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
+from mtl.data.stream_position import EPOCH_END, StreamPosition
 from mtl.inference.wise import choose_alpha
 from mtl.train.recipe import Batch, run_training
 from mtl.train.report import write_report
 from mtl.train.run_record import check_or_record
-from mtl.train.stream_position import StreamPosition
 
 
 def ensure_single_process_group(use_gpu: bool) -> None:
@@ -84,7 +84,7 @@ class LocalSession:
             )
         self.expected_draws = np.asarray([rates[name] for name in config.task_names])[task_ids] * weights  # per row
 
-    def train_batches(self) -> Iterator[Batch]:
+    def train_batches(self) -> Iterator[Batch | None]:
         rng = np.random.default_rng(self.config.train.seed)
         size = self.config.train.micro_batch_size
         rows = np.arange(len(self.expected_draws))
@@ -97,6 +97,7 @@ class LocalSession:
                 continue
             batches = table_batches(self.train_table, indices, size, drop_last=True, row_ids=ids)
             yield from self.position.epoch(epoch, batches, size)
+            yield EPOCH_END
 
     def validation_batches(self) -> Iterable[Batch]:
         if self.validation_table is None:

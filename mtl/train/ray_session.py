@@ -10,9 +10,10 @@ from pathlib import Path
 
 import ray.train
 import torch
+import torch.distributed as dist
 
+from mtl.data.stream_position import EPOCH_END, StreamPosition
 from mtl.train.recipe import Batch, run_training
-from mtl.train.stream_position import StreamPosition
 
 SHUFFLE_BUFFER_ROWS = 2_048
 
@@ -29,11 +30,18 @@ class RaySession:
         self.teacher_vectors = teacher_vectors
         self.position = StreamPosition()
 
-    def train_batches(self) -> Iterator[Batch]:
-        shard = ray.train.get_dataset_shard("train")
+    def train_batches(self) -> Iterator[Batch | None]:
+        position = self.position
+        resumed_mid_epoch = position.start_epoch in position.skip
+        if resumed_mid_epoch:  # `train_rest` reads the rows to leave out when its pass starts (stream_position)
+            if self.rank == 0:
+                position.write_resume_file(self.run_dir)
+            dist.barrier()
         # Every rank runs the same number of steps, so epochs simply repeat; a resumed run starts where its checkpoint
         # left the stream.
-        for epoch in itertools.count(self.position.start_epoch):
+        for epoch in itertools.count(position.start_epoch):
+            rest = resumed_mid_epoch and epoch == position.start_epoch
+            shard = ray.train.get_dataset_shard("train_rest" if rest else "train")
             rows = shard.iter_batches(
                 batch_size=self.micro_batch_size,
                 batch_format="numpy",
@@ -42,11 +50,12 @@ class RaySession:
                 local_shuffle_seed=self.seed + self.rank,
             )
             batches = 0
-            for batch in self.position.epoch(epoch, rows, self.micro_batch_size):
+            for batch in position.epoch(epoch, rows, self.micro_batch_size):
                 batches += 1
                 yield batch
+            yield EPOCH_END
             # An epoch without one full micro batch would repeat forever (a resumed epoch may have none left).
-            if batches == 0 and epoch not in self.position.skip:
+            if batches == 0 and not rest:
                 raise RuntimeError(
                     f"rank {self.rank}: a whole epoch of its data.train shard held fewer rows than one micro batch "
                     f"(train.micro_batch_size={self.micro_batch_size}); lower it or scaling.num_workers"

@@ -22,6 +22,7 @@ from transformers import set_seed
 
 from mtl.config import Config, validate_config
 from mtl.data.length_grouping import Batch, TokenBatch, length_grouped
+from mtl.data.stream_position import RowLog, StreamPosition
 from mtl.data.tokenization import pad
 from mtl.model.backbone import load_tokenizer, starting_encoder_dir
 from mtl.model.multitask import MultiTaskModel, build_model
@@ -33,7 +34,6 @@ from mtl.train.optim import build_optimizer, build_scheduler
 from mtl.train.progress import PhaseTimer, Throughput, flatten, progress_line
 from mtl.train.report import append_history
 from mtl.train.retention import StsbProbe, Teacher, distill_loss, l2sp_loss
-from mtl.train.stream_position import RowLog, StreamPosition
 from mtl.train.validation import evaluate, selection_score
 
 
@@ -46,9 +46,9 @@ class Session(Protocol):
     teacher_vectors: bool  # training batches carry cached `teacher` vectors (retain.teacher: cached, on Ray)
     position: StreamPosition  # where `train_batches` is in the data stream (saved with checkpoints)
 
-    def train_batches(self) -> Iterator[Batch]:
+    def train_batches(self) -> Iterator[Batch | None]:
         """Endless micro batches of this rank's shard (re-shuffled every epoch), each row with its `row_id` and
-        `epoch`, starting where `position` says."""
+        `epoch`, starting where `position` says; `None` after each epoch's last batch."""
 
     def validation_batches(self) -> Iterable[Batch]:
         """One pass over this rank's part of the validation rows."""
@@ -84,7 +84,9 @@ def to_device(batch: TokenBatch, tokenizer, device: torch.device) -> dict[str, t
     return inputs
 
 
-def token_batches(batches: Iterable[Batch], tokenizer, config: Config, seed: int, timer=None) -> Iterator[TokenBatch]:
+def token_batches(
+    batches: Iterable[Batch | None], tokenizer, config: Config, seed: int, timer=None
+) -> Iterator[TokenBatch]:
     """Row batches -> token batches, length-grouped over `data.length_window` batches."""
     window = config.data.length_window
     return length_grouped(batches, tokenizer, config.model.max_seq_length, window, seed, timer)

@@ -6,8 +6,15 @@ it with the `epoch` it was drawn in. The recipe marks the rows of each micro bat
 for every rank, the ids it trained in each epoch that not all ranks have finished (`stream-rank<r>.npz`). On resume
 the union over ranks is left out: the stream restarts at the earliest unfinished epoch without what was already
 trained, so a one-pass run killed half-way trains the other half instead of the first half again. A rank only
-counts an epoch finished once it has trained every row it read from it (the length-grouping window and the shuffle
-buffer hold rows that were read but not trained).
+counts an epoch finished once it has trained every row it read from it (a length-grouping window holds rows that
+were read but not trained); sessions mark each epoch's end (`EPOCH_END`) so that a window is trained out before the
+next epoch is read, and ranks, which run equal steps per epoch, are always in the same epoch at a checkpoint.
+
+On Ray the rows to leave out must go before Ray Data splits the rest of the epoch between ranks: filtered after the
+split, one rank could run out of its share before the others, ask for the next epoch and wait for them forever
+(Ray Data starts an epoch for all splits at once) while they wait for it in the next gradient all-reduce. So rank 0
+writes the ids to `<run_dir>/stream_resume.npy` and the rest of the epoch is read from a second dataset,
+`train_rest`, whose map (`mtl.data.ray_datasets.drop_trained`) reads that file when the pass runs.
 
 `train.log_rows` also writes what each step trained to `<run_dir>/trained_rows/rank-<r>.jsonl`; a resume cuts that
 log back to the checkpoint's step, so it lists the rows behind the model the run ends with.
@@ -26,6 +33,8 @@ import torch.distributed as dist
 from mtl.data.length_grouping import Batch
 
 FILE = "stream-rank{rank}.npz"
+RESUME_FILE = "stream_resume.npy"
+EPOCH_END = None  # what a session yields after an epoch's last batch
 
 
 class StreamPosition:
@@ -46,7 +55,7 @@ class StreamPosition:
             rows = len(batch["row_id"])
             batch = {**batch, "epoch": np.full(rows, epoch, dtype=np.int64)}
             if skip is not None:
-                keep = ~_member(np.asarray(batch["row_id"], dtype=np.uint64), skip)
+                keep = ~is_in(np.asarray(batch["row_id"], dtype=np.uint64), skip)
                 batch = {name: column[keep] for name, column in batch.items()}
             if not pending and len(batch["row_id"]) == batch_size:  # nothing left out: passed on as it came
                 self.read[epoch] = self.read.get(epoch, 0) + batch_size
@@ -100,12 +109,22 @@ class StreamPosition:
         self.reading, self.read, self.trained = self.start_epoch, {}, {}
         return True
 
+    def write_resume_file(self, run_dir: Path) -> Path:
+        """The ids to leave out of the epoch the stream restarts in, for `drop_trained` (written whole, then renamed
+        into place: a reader never sees part of it)."""
+        path = run_dir / RESUME_FILE
+        partial = path.with_suffix(".partial.npy")
+        np.save(partial, self.skip.get(self.start_epoch, np.empty(0, np.uint64)))
+        partial.replace(path)
+        return path
+
     def describe(self) -> str:
         left_out = sum(len(ids) for ids in self.skip.values())
         return f"data stream continues in epoch {self.start_epoch}, leaving out {left_out} rows trained before"
 
 
-def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+def is_in(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which of `ids` are in `sorted_ids` (sorted, unique)."""
     if len(sorted_ids) == 0:
         return np.zeros(len(ids), dtype=bool)
     at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
