@@ -66,7 +66,8 @@ def test_ray_data_map_and_local_session_draw_the_configured_shares(make_config, 
     ray_rows = pa.concat_tables(ray_path)
     session = LocalSession(config)
     assert session.epoch_rows == epoch_rows
-    local = [batch for _, batch in zip(range(4 * epoch_rows // 16), session.train_batches(), strict=False)]
+    batches = (batch for batch in session.train_batches() if batch is not None)  # None: an epoch's end
+    local = [batch for _, batch in zip(range(4 * epoch_rows // 16), batches, strict=False)]
     local_texts = np.concatenate([batch["text"] for batch in local])
     local_tasks = np.concatenate([batch["task_id"] for batch in local])
     for texts, task_ids in [
@@ -83,7 +84,7 @@ def test_local_session_draws_afresh_every_epoch(make_config, tmp_path):
     path = write_parquet(tmp_path / "mixed.parquet", mixed_rows(1_600, 400))
     config = make_config(data={"train": [str(path)], "sampling": "temperature"})
     session = LocalSession(config)
-    batches = session.train_batches()
+    batches = (batch for batch in session.train_batches() if batch is not None)  # None: an epoch's end
     per_epoch = session.epoch_rows // 16
     first = {text for _, batch in zip(range(per_epoch), batches, strict=False) for text in batch["text"]}
     second = {text for _, batch in zip(range(per_epoch), batches, strict=False) for text in batch["text"]}

@@ -53,13 +53,13 @@ class RaySession:
             for batch in position.epoch(epoch, rows, self.micro_batch_size):
                 batches += 1
                 yield batch
-            yield EPOCH_END
             # An epoch without one full micro batch would repeat forever (a resumed epoch may have none left).
             if batches == 0 and not rest:
                 raise RuntimeError(
                     f"rank {self.rank}: a whole epoch of its data.train shard held fewer rows than one micro batch "
                     f"(train.micro_batch_size={self.micro_batch_size}); lower it or scaling.num_workers"
                 )
+            yield EPOCH_END
 
     def validation_batches(self) -> Iterable[Batch]:
         if not self.has_validation:
