@@ -76,6 +76,15 @@ def test_a_one_pass_run_stopped_mid_epoch_and_resumed_trains_every_row_once(make
     assert len(seen) == 256 and set(seen.values()) == {1}, "every row exactly once"
     assert {epoch for entry in log for epoch in entry["epoch"]} == {0}
     assert first["steps"] == 6 and result["steps"] == 16
+    # The same rows, task by task, as the run that was never stopped.
+    straight = train_locally(make_config(**{**sections, "run": {"name": "straight"}}))
+    unstopped = logged_rows(Path(straight["run_dir"]))
+    assert per_task(unstopped) == per_task(log) and len(per_task(log)) == 2
+    assert {row for entry in unstopped for row in entry["row_id"]} == set(seen)
+
+
+def per_task(log: list[dict]) -> Counter:
+    return Counter(task for entry in log for task in entry["task_id"])
 
 
 def test_the_row_log_is_cut_back_to_the_checkpoint_a_run_resumes_from(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -91,13 +92,16 @@ def test_a_killed_worker_is_replaced_and_a_one_pass_run_trains_every_row_once(ti
     assert result["steps"] == 80
     # The rows behind the final model: each once, give or take one micro batch per rank (the two ranks' shares of
     # the rest of the epoch after the restart are Ray Data's split, which need not match what each had left).
-    seen = Counter()
+    seen, tasks = Counter(), Counter()
     for rank in (0, 1):
         log = (tmp_path / "runs" / "test" / "trained_rows" / f"rank-{rank}.jsonl").read_text().splitlines()
         entries = [json.loads(line) for line in log]
         assert [entry["step"] for entry in entries] == list(range(1, 81))
         seen.update(row for entry in entries for row in entry["row_id"])
+        tasks.update(task for entry in entries for task in entry["task_id"])
     repeated = sum(count - 1 for count in seen.values())
     never = 640 - len(seen)
     print(f"rows trained twice: {repeated}, never: {never}")
     assert sum(seen.values()) == 640 and repeated <= 2 * 4 and never <= 2 * 4, (repeated, never)
+    in_data = Counter(task for path in files for task in pq.read_table(path).column("task").to_pylist())
+    assert abs(tasks[0] - in_data["sentiment"]) <= 8 and abs(tasks[1] - in_data["topic"]) <= 8, (tasks, in_data)
