@@ -72,3 +72,20 @@ def test_labels_travel_with_their_text(tokenizer):
         for ids, label in zip(batch["input_ids"], batch["label"], strict=True):
             text = tokenizer.decode(ids, skip_special_tokens=True).replace(" - ", "-")
             assert label_of[text] == label
+
+
+def test_a_window_never_spans_an_epoch_end_and_carries_row_ids_and_epochs(tokenizer):
+    # Epochs of 7 batches, windows of 3: windows 3+3+1 per epoch, never 3 batches from two epochs.
+    stream = []
+    for epoch in range(3):
+        for batch in row_batches(count=7, size=4, seed=epoch):
+            rows = len(batch["task_id"])
+            ids = np.arange(rows, dtype=np.uint64) + 100 * len(stream)
+            stream.append({**batch, "row_id": ids, "epoch": np.full(rows, epoch)})
+        stream.append(None)  # the session's epoch end
+    grouped = list(length_grouped(stream, tokenizer, max_seq_length=64, window=3, seed=0))
+    assert len(grouped) == 21
+    assert all(len(set(batch["epoch"].tolist())) == 1 for batch in grouped)  # no batch mixes epochs
+    assert [int(batch["epoch"][0]) for batch in grouped] == [0] * 7 + [1] * 7 + [2] * 7  # epochs in order
+    source_ids = sorted(int(i) for batch in stream if batch for i in batch["row_id"])
+    assert sorted(int(i) for batch in grouped for i in batch["row_id"]) == source_ids

@@ -87,6 +87,24 @@ def per_task(log: list[dict]) -> Counter:
     return Counter(task for entry in log for task in entry["task_id"])
 
 
+def test_a_two_epoch_run_stopped_in_its_second_epoch_trains_every_row_twice_once_per_epoch(make_config, capsys):
+    # 16 steps an epoch, windows of 5 (epochs end mid-window); stop at step 22, in epoch 1, and resume to 32.
+    sections = {
+        "data": {"length_window": 5},
+        "train": {"max_steps": 22, "checkpoint_every": 11, "eval_every": 100, "log_every": 100, "log_rows": True},
+    }
+    train_locally(make_config(**sections))
+    sections["train"] = {**sections["train"], "max_steps": 32}
+    result = train_locally(make_config(**sections))
+    output = capsys.readouterr().out
+    assert "resumed from checkpoint at step 22" in output and "continues in epoch 1, leaving out 96 rows" in output
+    log = logged_rows(Path(result["run_dir"]))
+    assert [entry["step"] for entry in log] == list(range(1, 33))
+    per_epoch = Counter((epoch, row) for entry in log for epoch, row in zip(entry["epoch"], entry["row_id"]))
+    assert len(per_epoch) == 512 and set(per_epoch.values()) == {1}, "each row once in each of the two epochs"
+    assert {epoch for epoch, _ in per_epoch} == {0, 1}
+
+
 def test_the_row_log_is_cut_back_to_the_checkpoint_a_run_resumes_from(tmp_path):
     log = RowLog(tmp_path, rank=0)
     for step in (1, 2, 3):

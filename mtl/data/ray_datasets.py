@@ -148,8 +148,7 @@ def _epoch(
     task_rates = None if every_row_once else [rates[name] for name in config.task_names]
     if teacher_files is None:
         return read_rows(files, config, task_rates, row_ids=True), epoch_rows
-    dataset = ray.data.read_parquet(teacher_files, include_row_hash=True, num_cpus=DATA_TASK_CPUS)
-    dataset = dataset.rename_columns({ROW_HASH: "row_id"})
+    dataset = ray.data.read_parquet(teacher_files, num_cpus=DATA_TASK_CPUS)  # rows keep their source `row_id`
     if task_rates is not None:
         dataset = dataset.map_batches(
             resample_rows,

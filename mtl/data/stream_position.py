@@ -44,19 +44,26 @@ class StreamPosition:
         self.skip: dict[int, np.ndarray] = {}  # epoch -> sorted ids trained before the checkpoint (all ranks)
         self.read: dict[int, int] = {}  # epoch -> rows this rank handed out since it started
         self.trained: dict[int, list[np.ndarray]] = {}  # epoch -> ids this rank trained since it started
+        self.unexpected = 0  # rows of the last epoch read that were trained before the checkpoint
 
-    def epoch(self, epoch: int, batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    def epoch(self, epoch: int, batches: Iterable[Batch], batch_size: int, leave_out: bool = True) -> Iterator[Batch]:
         """One epoch of a rank's batches, tagged with `epoch`, without the rows trained before the checkpoint and
-        re-cut to `batch_size` rows (a last partial batch is dropped, as Ray Data's `drop_last`)."""
+        re-cut to `batch_size` rows (a last partial batch is dropped, as Ray Data's `drop_last`).
+
+        `leave_out=False` (Ray, where `drop_trained` left them out before the split): rows are only counted in
+        `self.unexpected`, never dropped here, since dropping after the split would give ranks unequal shares."""
         self.reading = epoch
         skip = self.skip.get(epoch)
+        self.unexpected = 0
         pending: list[Batch] = []
         for batch in batches:
             rows = len(batch["row_id"])
             batch = {**batch, "epoch": np.full(rows, epoch, dtype=np.int64)}
             if skip is not None:
-                keep = ~is_in(np.asarray(batch["row_id"], dtype=np.uint64), skip)
-                batch = {name: column[keep] for name, column in batch.items()}
+                trained = is_in(np.asarray(batch["row_id"], dtype=np.uint64), skip)
+                self.unexpected += int(trained.sum())
+                if leave_out:
+                    batch = {name: column[~trained] for name, column in batch.items()}
             if not pending and len(batch["row_id"]) == batch_size:  # nothing left out: passed on as it came
                 self.read[epoch] = self.read.get(epoch, 0) + batch_size
                 yield batch
@@ -89,7 +96,8 @@ class StreamPosition:
                 del table[epoch]
         arrays = {"earliest": np.asarray(earliest)}
         for epoch in set(self.skip) | set(self.trained):
-            parts = [self.skip.get(epoch, np.empty(0, np.uint64)), *self.trained.get(epoch, [])]
+            restored = [self.skip[epoch]] if rank == 0 and epoch in self.skip else []  # the same on every rank
+            parts = [np.empty(0, np.uint64), *restored, *self.trained.get(epoch, [])]
             arrays[f"epoch_{epoch}"] = np.concatenate(parts).astype(np.uint64)
         np.savez(Path(directory) / FILE.format(rank=rank), **arrays)
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from mtl.config import Config
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: rows carry their source `row_id` (resume leaves out the same rows as without a cache)
 MARKER = "_COMPLETE.json"
 
 
@@ -126,7 +126,7 @@ def teacher_embeddings(files: list[str], config: Config, rows: int) -> tuple[lis
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     scaling = config.scaling
-    embedded = read_rows(files, config).map_batches(
+    embedded = read_rows(files, config, row_ids=True).map_batches(
         TeacherEmbedder,
         fn_constructor_kwargs={"config_json": config.model_dump_json(), "threads": scaling.torch_threads},
         batch_size=1024,

@@ -145,6 +145,8 @@ def train_on_ray(config: Config) -> dict:
     root = check_storage(config)
     config = resolved_model_paths(config)
     train_files, train_report, counts, weight_sums = validate_files(config.data.train, config, "data.train")
+    # Absolute: workers run elsewhere, and Ray Data's row ids (resume) hash the path as written.
+    train_files = [str(Path(f).resolve()) for f in train_files]
     print(f"data.train: {len(train_files)} files, {json.dumps(train_report.as_dict())}, rows per task {counts}")
     datasets = {}
     if config.data.validation:
@@ -162,7 +164,7 @@ def train_on_ray(config: Config) -> dict:
     check_rows_per_worker(epoch_rows, config)
     config = config.with_steps_for(epoch_rows)
     # Workers run elsewhere (another cwd, another node): hand them the files, absolute.
-    resolved = {"train": [str(Path(f).resolve()) for f in train_files]}
+    resolved = {"train": train_files}
     if config.data.validation:
         resolved["validation"] = [str(Path(f).resolve()) for f in validation_files]
     if config.data.stsb:

@@ -50,9 +50,15 @@ class RaySession:
                 local_shuffle_seed=self.seed + self.rank,
             )
             batches = 0
-            for batch in position.epoch(epoch, rows, self.micro_batch_size):
+            for batch in position.epoch(epoch, rows, self.micro_batch_size, leave_out=False):
                 batches += 1
                 yield batch
+            if rest and position.unexpected:  # drop_trained read another file than rank 0 wrote (stale storage?)
+                print(
+                    f"rank {self.rank}: WARNING {position.unexpected} rows trained before the checkpoint came back in "
+                    f"the rest of epoch {epoch}; they were trained again",
+                    flush=True,
+                )
             # An epoch without one full micro batch would repeat forever (a resumed epoch may have none left).
             if batches == 0 and not rest:
                 raise RuntimeError(
