@@ -100,7 +100,9 @@ def test_a_two_epoch_run_stopped_in_its_second_epoch_trains_every_row_twice_once
     assert "resumed from checkpoint at step 22" in output and "continues in epoch 1, leaving out 96 rows" in output
     log = logged_rows(Path(result["run_dir"]))
     assert [entry["step"] for entry in log] == list(range(1, 33))
-    per_epoch = Counter((epoch, row) for entry in log for epoch, row in zip(entry["epoch"], entry["row_id"]))
+    per_epoch = Counter(
+        (epoch, row) for entry in log for epoch, row in zip(entry["epoch"], entry["row_id"], strict=True)
+    )
     assert len(per_epoch) == 512 and set(per_epoch.values()) == {1}, "each row once in each of the two epochs"
     assert {epoch for epoch, _ in per_epoch} == {0, 1}
 
