@@ -59,52 +59,50 @@ def logged_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "trained_rows" / "rank-0.jsonl").read_text().splitlines()]
 
 
-def test_a_one_pass_run_stopped_mid_epoch_and_resumed_trains_every_row_once(make_config, capsys):
-    # 256 rows, 16 per batch: one epoch is 16 steps. Stop after 6 (windows of 4 batches: 8 read, 6 trained), resume.
+def stop_and_resume(make_config, capsys, window: int, stop: int, end: int) -> tuple[str, list[dict], list[dict]]:
+    """Train to step `stop` (checkpointing at it), then resume to `end`: the output, the row log, the same run's
+    row log had it never stopped."""
     sections = {
-        "data": {"length_window": 4},
-        "train": {"max_steps": 6, "checkpoint_every": 3, "eval_every": 100, "log_every": 100, "log_rows": True},
+        "data": {"length_window": window},
+        "train": {"max_steps": stop, "checkpoint_every": stop, "eval_every": 100, "log_every": 100, "log_rows": True},
     }
-    first = train_locally(make_config(**sections))
-    sections["train"] = {**sections["train"], "max_steps": 16}
+    assert train_locally(make_config(**sections))["steps"] == stop
+    sections["train"] = {**sections["train"], "max_steps": end}
     result = train_locally(make_config(**sections))
     output = capsys.readouterr().out
-    assert "resumed from checkpoint at step 6" in output and "leaving out 96 rows" in output
-    log = logged_rows(Path(result["run_dir"]))
-    assert [entry["step"] for entry in log] == list(range(1, 17))
-    seen = Counter(row for entry in log for row in entry["row_id"])
-    assert len(seen) == 256 and set(seen.values()) == {1}, "every row exactly once"
-    assert {epoch for entry in log for epoch in entry["epoch"]} == {0}
-    assert first["steps"] == 6 and result["steps"] == 16
-    # The same rows, task by task, as the run that was never stopped.
+    assert result["steps"] == end
     straight = train_locally(make_config(**{**sections, "run": {"name": "straight"}}))
-    unstopped = logged_rows(Path(straight["run_dir"]))
-    assert per_task(unstopped) == per_task(log) and len(per_task(log)) == 2
-    assert {row for entry in unstopped for row in entry["row_id"]} == set(seen)
+    return output, logged_rows(Path(result["run_dir"])), logged_rows(Path(straight["run_dir"]))
 
 
 def per_task(log: list[dict]) -> Counter:
     return Counter(task for entry in log for task in entry["task_id"])
 
 
+def test_a_one_pass_run_stopped_mid_epoch_and_resumed_trains_every_row_once(make_config, capsys):
+    # 256 rows, 16 per batch: one epoch is 16 steps. Stop after 6 (windows of 4 batches: 8 read, 6 trained), resume.
+    output, log, unstopped = stop_and_resume(make_config, capsys, window=4, stop=6, end=16)
+    assert "resumed from checkpoint at step 6" in output and "leaving out 96 rows" in output
+    assert [entry["step"] for entry in log] == list(range(1, 17))
+    seen = Counter(row for entry in log for row in entry["row_id"])
+    assert len(seen) == 256 and set(seen.values()) == {1}, "every row exactly once"
+    assert {epoch for entry in log for epoch in entry["epoch"]} == {0}
+    # The same rows, task by task, as the run that was never stopped.
+    assert per_task(unstopped) == per_task(log) and len(per_task(log)) == 2
+    assert {row for entry in unstopped for row in entry["row_id"]} == set(seen)
+
+
 def test_a_two_epoch_run_stopped_in_its_second_epoch_trains_every_row_twice_once_per_epoch(make_config, capsys):
     # 16 steps an epoch, windows of 5 (epochs end mid-window); stop at step 22, in epoch 1, and resume to 32.
-    sections = {
-        "data": {"length_window": 5},
-        "train": {"max_steps": 22, "checkpoint_every": 11, "eval_every": 100, "log_every": 100, "log_rows": True},
-    }
-    train_locally(make_config(**sections))
-    sections["train"] = {**sections["train"], "max_steps": 32}
-    result = train_locally(make_config(**sections))
-    output = capsys.readouterr().out
+    output, log, unstopped = stop_and_resume(make_config, capsys, window=5, stop=22, end=32)
     assert "resumed from checkpoint at step 22" in output and "continues in epoch 1, leaving out 96 rows" in output
-    log = logged_rows(Path(result["run_dir"]))
     assert [entry["step"] for entry in log] == list(range(1, 33))
     per_epoch = Counter(
         (epoch, row) for entry in log for epoch, row in zip(entry["epoch"], entry["row_id"], strict=True)
     )
     assert len(per_epoch) == 512 and set(per_epoch.values()) == {1}, "each row once in each of the two epochs"
     assert {epoch for epoch, _ in per_epoch} == {0, 1}
+    assert per_task(unstopped) == per_task(log)
 
 
 def test_the_row_log_is_cut_back_to_the_checkpoint_a_run_resumes_from(tmp_path):

@@ -158,9 +158,13 @@ def train_on_ray(config: Config) -> dict:
         teacher_files, _ = teacher_embeddings(train_files, config, sum(counts.values()))
     run_dir = f"{root}/{config.run.name}"
     resume_file = str(Path(run_dir, RESUME_FILE))
-    datasets["train"], datasets["train_rest"], epoch_rows = training_dataset(
+    datasets["train"], rest, epoch_rows = training_dataset(
         train_files, config, counts, weight_sums, resume_file, teacher_files
     )
+    # Only when this job can resume mid-epoch (a checkpoint is there, or Ray Train may restart workers): Ray Train
+    # starts a split coordinator actor for every dataset it is given.
+    if config.run.max_failures != 0 or any(Path(run_dir).glob("checkpoint_*")):
+        datasets["train_rest"] = rest
     check_rows_per_worker(epoch_rows, config)
     config = config.with_steps_for(epoch_rows)
     # Workers run elsewhere (another cwd, another node): hand them the files, absolute.
