@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from jobs.cli import run_command
 from mtl.config import load_config
 from mtl.evaluation.strategy_comparison import STRATEGIES, compare_strategies
 
@@ -43,4 +44,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import requests
 
+from jobs.cli import run_command
 from jobs.train import main as train
 from mtl.config import load_config
 from mtl.data.prepare import prepare
@@ -93,4 +94,4 @@ def serve_examples(export_dir: str, port: int, keep_serving: bool) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -4,9 +4,12 @@
         --output runs/embeddings/sst2 [--tasks all] [--precision bf16] [--keep-columns label]
 
 Through a cluster: ray job submit --working-dir . -- python -m jobs.embed ... (paths as the cluster sees them).
-Output columns: the kept input columns, `embedding` (fixed-size list<float32>), and with --tasks per task
-`<task>_label`, `<task>_label_id`, `<task>_score`. Keep an id column to join rows back. The last stdout line is one
-JSON object: rows in/out, rows skipped by reason, seconds, rows/s, output path.
+Output: Parquet files `part-<first input row>.parquet`; read in name order, their rows are in input order (rows
+skipped by --on-empty skip left out). Columns: the kept input columns, `embedding` (fixed-size list<float32>), and with
+--tasks per task `<task>_label`, `<task>_label_id`, `<task>_score`. `_jobs_embed.json` in the output records the job
+(model, counts); --overwrite replaces only a directory holding one. The last stdout line is one JSON object: rows
+in/out, rows skipped by reason, seconds, rows/s, output path. A bad flag, file, column or output prints one line
+`error: ...` and exits 2 before Ray starts (--debug shows the traceback).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import os
 
 from pydantic import ValidationError
 
-from mtl.inference.batch import EmbedOptions, run_embedding
+from jobs.cli import run_command
+from mtl.inference.batch import EmbedOptions, plan_embedding, run_embedding
 
 
 def parse_options(argv: list[str] | None) -> EmbedOptions:
@@ -56,16 +60,17 @@ def parse_options(argv: list[str] | None) -> EmbedOptions:
 
 def main(argv: list[str] | None = None) -> dict:
     options = parse_options(argv)
+    plan = plan_embedding(options)  # inputs, export and output checked before Ray starts
     import ray
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # A batch job that starts its own local Ray needs no dashboard (on a small machine its processes compete with
     # the actors for the first seconds); joining a cluster (RAY_ADDRESS, ray job submit) ignores this.
     ray.init(include_dashboard=False)
-    summary = run_embedding(options)
+    summary = run_embedding(plan)
     print(json.dumps(summary))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from jobs.cli import run_command
 from mtl.evaluation.evaluate_export import evaluate_export
 
 
@@ -35,4 +36,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

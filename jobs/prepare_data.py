@@ -16,7 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
+from jobs.cli import run_command
 from mtl.config import load_config
+from mtl.data.contract import DataError
 from mtl.data.prepare import prepare
 
 
@@ -25,7 +27,7 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     for value in values:
         name, sep, rest = value.partition("=")
         if not sep or not name or not rest:
-            raise SystemExit(f"{flag} {value!r}: expected task=value")
+            raise DataError(f"{flag} {value!r}: expected task=value")
         pairs[name] = rest
     return pairs
 
@@ -35,11 +37,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task", action="append", required=True, help="task=path (.tsv, .csv or .parquet)")
     parser.add_argument("--labels", action="append", default=[], help="task=name0,name1,... (label id order)")
     parser.add_argument("--output", required=True, type=Path)
-    parser.add_argument("--shard-rows", type=int, default=20_000)
-    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--shard-rows", type=int, default=20_000, help="rows per training shard (>= 1)")
+    parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of rows held out, in [0, 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", help="training config: label ids follow its tasks.*.labels order")
     args = parser.parse_args(argv)
+    if args.shard_rows < 1:
+        parser.error(f"--shard-rows {args.shard_rows}: must be at least 1")
+    if not 0 <= args.validation_fraction < 1:
+        parser.error(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
     labels = {task: names.split(",") for task, names in _pairs(args.labels, "--labels").items()}
     sources = {task: Path(path) for task, path in _pairs(args.task, "--task").items()}
     order = None
@@ -63,4 +69,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

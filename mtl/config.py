@@ -15,16 +15,25 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mtl.errors import UserError
+
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-class ConfigError(ValueError):
+# A run name is one plain directory name: the run directory is <storage_path>/<name> and must stay inside it.
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+class ConfigError(UserError):
     """A config that cannot be used; the message names the key to change."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+    # No setting means anything as inf or nan (`optim.head_lr=.inf` would train nothing useful): refused by name.
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
 
 class ModelConfig(Section):
@@ -49,6 +58,9 @@ class TaskConfig(Section):
     """Cross-entropy label smoothing for this task's training loss (validation loss stays plain)."""
     target_accuracy: float | None = Field(None, gt=0, le=1)
     """Accuracy the export should reach on data.validation; the run result and report.json say whether it does."""
+    may_be_empty: bool = False
+    """Allow this task to have no training rows (its head then keeps its starting weights); otherwise a task without
+    rows is refused before training starts."""
 
     @field_validator("labels")
     @classmethod
@@ -196,7 +208,12 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainConfig:
-        if (self.max_steps is None) == (self.epochs is None):
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError(
+                "set exactly one of train.max_steps and train.epochs, both are set: to run a number of steps add "
+                "--set train.epochs=null (or train.max_steps=null to run epochs)"
+            )
+        if self.max_steps is None and self.epochs is None:
             raise ValueError("set exactly one of train.max_steps and train.epochs")
         return self
 
@@ -228,7 +245,8 @@ class ScalingConfig(Section):
 
 class RunConfig(Section):
     name: str = "mtl"
-    """Run name; the run directory is storage_path/name."""
+    """Run name: letters, digits, `.`, `_` and `-`, starting with a letter, digit or `_`; the run directory is
+    storage_path/name."""
     storage_path: str = "runs"
     """Where checkpoints, logs and the export go (local dir, NFS, or s3:// / gs://)."""
     max_failures: int = Field(0, ge=-1)
@@ -238,6 +256,24 @@ class RunConfig(Section):
     if_exists: Literal["resume", "fresh"] = "resume"
     """A run directory of this name exists: resume it (refused if its recorded config or data differ), or set it
     aside as `<name>.replaced-<time>` and start fresh."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+            raise ValueError(
+                f"{name!r} is not a plain directory name (letters, digits, '.', '_', '-'; not empty, not starting "
+                "with '.' or '-', no '/'): the run directory is run.storage_path/run.name and must stay inside it"
+            )
+        return name
+
+    def run_dir(self) -> Path:
+        """`<storage_path>/<name>`, resolved; it lies directly inside the resolved storage root (checked)."""
+        root = Path(self.storage_path).expanduser().resolve()
+        run_dir = (root / self.name).resolve()
+        if run_dir.parent != root:  # a symlinked run directory pointing elsewhere
+            raise ConfigError(f"run.name={self.name!r}: {root / self.name} resolves to {run_dir}, outside {root}")
+        return run_dir
 
 
 class Config(Section):

@@ -8,10 +8,21 @@ import sys
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mtl.data.contract import DataError
-from mtl.inference.batch import EmbedBatch, EmbedOptions, check_inputs
+from mtl.inference.batch import (
+    OUTPUT_MARKER,
+    EmbedBatch,
+    EmbedOptions,
+    OutputError,
+    RowOrderedParquet,
+    check_inputs,
+    check_output,
+    plan_embedding,
+    run_embedding,
+)
 from mtl.inference.exported_model import ExportedModel
 from tests.conftest import write_parquet
 
@@ -43,13 +54,16 @@ def test_empty_texts_error_with_rows_or_are_counted(tiny_export, tmp_path):
     assert counts == {"rows_in": 4, "skipped": {"empty_text": 2}}
 
 
-def test_existing_output_needs_overwrite(tiny_export, tmp_path):
-    write_parquet(tmp_path / "in" / "a.parquet", {"text": TEXTS})
+def test_existing_output_needs_overwrite_and_a_marker_of_an_earlier_job(tiny_export, tmp_path):
+    files = [str(write_parquet(tmp_path / "in" / "a.parquet", {"text": TEXTS}))]
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.parquet").write_text("x")
-    with pytest.raises(FileExistsError, match="--output .* exists and is not empty; pass --overwrite"):
-        check_inputs(options(tiny_export, tmp_path))
-    check_inputs(options(tiny_export, tmp_path, overwrite=True))
+    with pytest.raises(OutputError, match="--output .* exists and is not empty; pass --overwrite"):
+        check_output(options(tiny_export, tmp_path), files)
+    with pytest.raises(OutputError, match=r"not written by jobs.embed \(no _jobs_embed.json\)"):
+        check_output(options(tiny_export, tmp_path, overwrite=True), files)
+    (tmp_path / "out" / OUTPUT_MARKER).write_text("{}")
+    assert check_output(options(tiny_export, tmp_path, overwrite=True), files) == (tmp_path / "out").resolve()
 
 
 @pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.999), ("bf16", 0.99)])
@@ -81,7 +95,8 @@ def test_job_writes_parquet_in_order_and_counts_skips(tiny_export, tmp_path):
     texts = [f"another sentence number {i}" for i in range(30)]
     texts[7] = ""
     write_parquet(tmp_path / "in" / "part-1.parquet", {"id": list(range(50, 80)), "text": texts})
-    write_parquet(tmp_path / "out" / "old.parquet", {"id": [-1]})  # an earlier output, replaced as a whole
+    write_parquet(tmp_path / "out" / "old.parquet", {"id": [-1]})  # an earlier job's output, replaced as a whole
+    (tmp_path / "out" / OUTPUT_MARKER).write_text("{}")
     other_job = tmp_path / "out.partial-20261127-000000-otherjob"  # a concurrent job's staging: not ours to touch
     write_parquet(other_job / "part.parquet", {"id": [-2]})
     command = [
@@ -97,8 +112,7 @@ def test_job_writes_parquet_in_order_and_counts_skips(tiny_export, tmp_path):
     assert summary["output"] == str(tmp_path / "out")
     assert summary["rows_per_s"] == pytest.approx(79 / summary["seconds"], rel=0.01)
     frame = pd.concat(pd.read_parquet(path) for path in sorted((tmp_path / "out").glob("*.parquet")))
-    frame = frame.sort_values("id")  # ids carry the row identity across output files
-    assert frame["id"].tolist() == [i for i in range(80) if i != 57]
+    assert frame["id"].tolist() == [i for i in range(80) if i != 57]  # in input order, the skipped row left out
     expected = ExportedModel.load(tiny_export).embed([first["text"][3], texts[12]])
     got = np.stack(frame.set_index("id").loc[[3, 62], "embedding"].to_list())
     assert np.all((got * expected).sum(axis=1) >= 0.999)  # each embedding sits on its own row
@@ -108,3 +122,55 @@ def test_job_writes_parquet_in_order_and_counts_skips(tiny_export, tmp_path):
     leftovers = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("out."))
     assert leftovers == [other_job.name] and (other_job / "part.parquet").is_file()
     assert not (tmp_path / "out" / "old.parquet").exists()
+
+
+def test_the_writer_puts_rows_in_input_order_whatever_order_blocks_arrive_in(tmp_path):
+    """Blocks handed to write tasks out of order (what Ray Data 2.60 does despite preserve_order) and rows skipped
+    under --on-empty skip: files read in name order give every kept row at its input position."""
+    rows = np.arange(1000)
+    skip = np.isin(rows, [0, 17, 500, 501, 999])
+    table = pa.table({"id": rows, "__row": rows, "__skip": skip})
+    blocks = [table.slice(start, 50) for start in range(0, 1000, 50)]
+    order = np.random.default_rng(0).permutation(len(blocks))
+    sink = RowOrderedParquet(tmp_path / "out")
+    tasks = [[blocks[i] for i in order[:9]], [blocks[i] for i in order[9:]]]  # two write tasks, shuffled blocks
+    assert sum(sink.write(task, None) for task in reversed(tasks)) == 995
+    files = sorted((tmp_path / "out").glob("*.parquet"))
+    assert len(files) > 2  # runs of consecutive rows were cut where a task's rows jump
+    frame = pd.concat(pd.read_parquet(path) for path in files)
+    assert frame.columns.tolist() == ["id"]
+    assert frame["id"].tolist() == rows[~skip].tolist()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_every_row_matches_its_reference_at_the_same_position_on_repeated_runs(tiny_export, tmp_path):
+    """Many row groups, small batches, two actors, skipped rows: run twice, compare every vector by position."""
+    import ray
+
+    rng = np.random.default_rng(1)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 30)))) + f" {i}" for i in range(3000)]
+    for i in (5, 1234, 2999):
+        texts[i] = " "
+    for part in range(3):
+        table = pa.table({"text": texts[part * 1000 : (part + 1) * 1000]})
+        (tmp_path / "in").mkdir(exist_ok=True)
+        pq.write_table(table, tmp_path / "in" / f"part-{part}.parquet", row_group_size=128)
+    kept = [text for text in texts if text.strip()]
+    reference = ExportedModel.load(tiny_export).embed(kept)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        for run in range(2):
+            job = options(
+                tiny_export, tmp_path, output=str(tmp_path / f"out{run}"), batch_size=32, actors=2,
+                cpus_per_actor=0.5, threads=1, on_empty="skip",
+            )  # fmt: skip
+            summary = run_embedding(plan_embedding(job))
+            assert summary["rows_out"] == len(kept)
+            files = sorted((tmp_path / f"out{run}").glob("*.parquet"))
+            got = np.stack(pd.concat(pd.read_parquet(path) for path in files)["embedding"].to_list())
+            misplaced = np.flatnonzero((got * reference).sum(axis=1) < 0.9999)
+            assert misplaced.size == 0, f"run {run}: {misplaced.size} rows out of place, first {misplaced[:5]}"
+    finally:
+        ray.shutdown()

@@ -6,8 +6,8 @@ import pytest
 from mtl.config import ConfigError
 from mtl.data.stream_position import StreamPosition
 from mtl.train import ray_session
-from mtl.train.driver import check_rows_per_worker
 from mtl.train.local_session import train_locally
+from mtl.train.preflight import check_rows_per_worker
 from tests.conftest import synthetic_rows, write_parquet
 
 
@@ -42,7 +42,7 @@ def test_a_ray_shard_without_one_full_micro_batch_raises_instead_of_spinning(mon
 
 
 def test_driver_hands_workers_absolute_model_paths(make_config, tiny_export, tiny_backbone, tmp_path, monkeypatch):
-    from mtl.train.driver import resolved_model_paths
+    from mtl.train.preflight import resolved_model_paths
 
     monkeypatch.chdir(tiny_export.parent)
     config = make_config(model={"init_from": tiny_export.name, "backbone": str(tiny_backbone)})
@@ -60,13 +60,13 @@ def test_storage_every_node_cannot_see_is_refused_before_any_worker_starts(make_
     for uri in ("s3://bucket/runs", "gs://bucket/runs"):
         with pytest.raises(ConfigError, match=r"run.storage_path='(s3|gs)://bucket/runs': object-store URIs are not"):
             driver.train_on_ray(make_config(run={"storage_path": uri}))  # refused before data, Ray or workers
-    config = make_config(run={"storage_path": str(tmp_path / "runs")})
+    root = str(tmp_path / "runs")
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
     blind = {"10.0.0.1": True, "10.0.0.2": False}
     with pytest.raises(ConfigError, match=r"not visible from node\(s\) \['10.0.0.2'\].*shared storage every node"):
-        driver.check_storage(config, visibility=lambda root: blind)
-    assert driver.check_storage(config, visibility=lambda root: dict.fromkeys(blind, True)) == str(tmp_path / "runs")
+        driver.check_storage(root, visibility=lambda root: blind)
+    assert driver.check_storage(root, visibility=lambda root: dict.fromkeys(blind, True)) == root
 
 
 @pytest.mark.ray

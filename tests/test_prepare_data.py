@@ -76,6 +76,6 @@ def test_prepare_replaces_its_own_shards_and_refuses_a_directory_of_foreign_ones
     other = tmp_path / "other"
     other.mkdir()
     pq.write_table(pa.table({"text": ["old"], "label": [0]}), other / "train-00007.parquet")
-    with pytest.raises(FileExistsError, match=r"holds 1 file\(s\) prepare_data did not write \(train-00007.parquet\)"):
+    with pytest.raises(DataError, match=r"holds 1 file\(s\) prepare_data did not write \(train-00007.parquet\)"):
         prepare({"sentiment": source}, {"sentiment": ["neg", "pos"]}, other, validation_fraction=0)
     assert (other / "train-00007.parquet").is_file()  # nothing lost

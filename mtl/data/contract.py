@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtl.config import Config, DataConfig
+from mtl.errors import UserError
 
 BAD_ROW_REASONS = {
     "null_text": "text is null",
@@ -34,7 +35,7 @@ CLEAN_SCHEMA = pa.schema([("text", pa.string()), ("task_id", pa.int32()), ("labe
 ROW_HASH = "row_hash"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Input data that breaks the contract; the message names file, row and column."""
 
 
@@ -92,12 +93,28 @@ def check_schema(schema: pa.Schema, source: str, data: DataConfig) -> str:
     return _kind(schema.field(data.label_column).type)
 
 
+def check_utf8(texts: pa.Array | pa.ChunkedArray, source: str, first_row: int, column: str) -> None:
+    """Refuse a string column holding invalid UTF-8 (Parquet does not check it on write or read), naming the row."""
+    try:
+        texts.validate(full=True)
+        return
+    except pa.ArrowInvalid:
+        pass
+    for row, value in enumerate(texts.cast(pa.binary()).to_pylist()):
+        try:
+            value is None or value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{source}: row {first_row + row}, column {column!r}: not valid UTF-8 ({error})") from None
+    raise DataError(f"{source}: column {column!r}: not valid UTF-8")
+
+
 def validate_batch(
     batch: pa.Table | pa.RecordBatch, source: str, first_row: int, config: Config, label_kind: str
 ) -> tuple[pa.Table, RowReport]:
     """Check every row of one batch; return the clean rows and what was dropped."""
     data = config.data
     task_names = config.task_names
+    check_utf8(batch.column(data.text_column), source, first_row, data.text_column)
     texts = batch.column(data.text_column).to_numpy(zero_copy_only=False)  # object array, None for null
     tasks = batch.column(data.task_column).to_numpy(zero_copy_only=False)
     label_column = batch.column(data.label_column)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from mtl.data.contract import DataError
 
 TEXT_COLUMNS = ("text", "sentence")  # first one present is the text
+PAIR_COLUMNS = ("text_pair", "sentence2", "question2", "hypothesis")  # a second text: not dropped silently
 
 
 def read_source(path: Path) -> pa.Table:
@@ -27,13 +28,24 @@ def read_source(path: Path) -> pa.Table:
         # Quotes mean nothing in GLUE TSV (texts contain bare " characters).
         parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=False if suffix == ".tsv" else '"')
         convert = pacsv.ConvertOptions(strings_can_be_null=False)
-        return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+        try:
+            return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid as error:  # pyarrow names the line's content, not the file
+            raise DataError(f"{path}: not a {suffix[1:].upper()} of a text and a label per line ({error})") from None
     raise DataError(f"{path}: unsupported source format {suffix!r} (use .tsv, .csv or .parquet)")
 
 
 def source_rows(path: Path, task: str, label_names: list[str] | None) -> tuple[pa.Table, list[str]]:
     """One task's rows as `text`, `task`, `label` (int id), and the task's label names."""
     table = read_source(path)
+    pair_columns = [name for name in table.column_names if name in PAIR_COLUMNS]
+    if pair_columns:
+        raise DataError(
+            f"{path}: column(s) {pair_columns} hold a second text; prepare_data writes single-text rows only, and "
+            "would drop them: remove the column or keep pair data out of this run"
+        )
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows (header only?) for task {task!r}")
     text_column = next((name for name in TEXT_COLUMNS if name in table.column_names), None)
     if text_column is None or "label" not in table.column_names:
         raise DataError(
@@ -112,6 +124,8 @@ def prepare(
         pq.write_table(mixed.slice(0, validation_rows), output / "validation.parquet")
         files.append(str(output / "validation.parquet"))
     train = mixed.slice(validation_rows)
+    if train.num_rows == 0:
+        raise DataError(f"no training rows left: {mixed.num_rows} rows, {validation_rows} held out for validation")
     for shard, start in enumerate(range(0, train.num_rows, shard_rows)):
         path = output / f"train-{shard:05d}.parquet"
         pq.write_table(train.slice(start, shard_rows), path)
@@ -133,10 +147,12 @@ def clear_previous_output(output: Path) -> None:
     foreign = sorted(p.name for p in output.iterdir() if p.suffix == ".parquet" or p.name == "labels.json")
     foreign = [name for name in foreign if name not in ours]
     if foreign:
-        raise FileExistsError(
+        raise DataError(
             f"--output {output} holds {len(foreign)} file(s) prepare_data did not write ({', '.join(foreign[:5])}"
             f"{', ...' if len(foreign) > 5 else ''}); they would be read as training data: choose an empty directory"
         )
-    for name in ours:
-        (output / name).unlink(missing_ok=True)
+    # Only entries of this directory whose plain names the record lists: a listed "../x" or "/x" names nothing here.
+    for path in output.iterdir():
+        if path.name in ours and path.is_file():
+            path.unlink()
     (output / WRITTEN).unlink(missing_ok=True)

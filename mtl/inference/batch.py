@@ -8,9 +8,11 @@ leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,9 +21,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
+from ray.data import Datasink
 
-from mtl.data.contract import DataError, expand_paths
+from mtl.data.contract import DataError, check_utf8, expand_paths
+from mtl.errors import UserError
 from mtl.inference.manifest import read_manifest, select_tasks
+
+# Written into every finished output: what made it. `--overwrite` replaces only a directory that holds one.
+OUTPUT_MARKER = "_jobs_embed.json"
+ROW = "__row"  # each row's position in the whole input, carried to the writer (not written)
+SKIP = "__skip"  # an empty text skipped under --on-empty skip: kept in the stream until written, then dropped
+
+
+class OutputError(UserError):
+    """An `--output` that cannot be written without risking data that is not this job's."""
 
 
 class EmbedOptions(BaseModel):
@@ -58,14 +71,14 @@ def check_inputs(options: EmbedOptions) -> tuple[list[str], dict]:
     counts = {"rows_in": 0, "skipped": {}}
     needed = [options.text_column, *options.keep_columns]
     for path in files:
-        schema = pq.read_schema(path)
+        schema = parquet_schema(path, "--input")
         missing = [name for name in needed if name not in schema.names]
         if missing:
             raise DataError(f"{path}: no column(s) {missing} (has {schema.names}); see --text-column/--keep-columns")
         text_type = schema.field(options.text_column).type
         if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
             raise DataError(f"{path}: column {options.text_column!r} is {text_type}, expected string")
-        texts = pq.read_table(path, columns=[options.text_column]).column(options.text_column)
+        texts = read_text_column(path, options.text_column)
         empty = empty_mask(texts)
         counts["rows_in"] += len(texts)
         if empty.any():
@@ -76,10 +89,48 @@ def check_inputs(options: EmbedOptions) -> tuple[list[str], dict]:
                     f"(rows {rows}{'...' if empty.sum() > 5 else ''}); pass --on-empty skip to drop and count them"
                 )
             counts["skipped"]["empty_text"] = counts["skipped"].get("empty_text", 0) + int(empty.sum())
-    output = Path(options.output)
-    if output.exists() and any(output.iterdir()) and not options.overwrite:
-        raise FileExistsError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
     return files, counts
+
+
+def check_output(options: EmbedOptions, files: list[str]) -> Path:
+    """The resolved `--output`, refused before anything is written or moved when replacing it could lose data.
+
+    An output that is, or holds, an input file, the export or the current directory is refused (symlinks followed),
+    with or without `--overwrite`. A non-empty output is replaced only with `--overwrite` and only if an earlier
+    `jobs.embed` wrote it (its `OUTPUT_MARKER` is there): anything else in that place is not ours to delete."""
+    output = Path(options.output).expanduser().resolve()
+    guarded = [(Path(path).resolve(), f"input {path}") for path in files]
+    guarded += [(Path(options.model).resolve(), f"--model {options.model}"), (Path.cwd().resolve(), "the current "
+                "directory")]  # fmt: skip
+    for path, what in guarded:
+        if path == output or output in path.parents:
+            raise OutputError(f"--output {options.output}: it is or holds {what}; writing there could replace it")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"--output {options.output}: is a file, not a directory")
+    if output.is_dir() and any(output.iterdir()):
+        if not options.overwrite:
+            raise OutputError(f"--output {options.output}: exists and is not empty; pass --overwrite to replace it")
+        if not (output / OUTPUT_MARKER).is_file():
+            raise OutputError(
+                f"--output {options.output}: not written by jobs.embed (no {OUTPUT_MARKER}); --overwrite replaces "
+                "only an earlier job's output: choose another --output or empty it yourself"
+            )
+    return output
+
+
+def parquet_schema(path: str, key: str) -> pa.Schema:
+    """A Parquet file's schema from its footer; an error naming the file if it is not Parquet."""
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"{key}: {path}: not a readable Parquet file ({error})") from None
+
+
+def read_text_column(path: str, column: str) -> pa.ChunkedArray:
+    """One string column, its UTF-8 checked (a bad row is named with file, row and column)."""
+    texts = pq.read_table(path, columns=[column]).column(column)
+    check_utf8(texts, path, 0, column)
+    return texts
 
 
 def resolve_tasks(known: list[str], tasks: list[str]) -> list[str]:
@@ -93,7 +144,10 @@ def resolve_tasks(known: list[str], tasks: list[str]) -> list[str]:
 
 
 class EmbedBatch:
-    """The Ray Data callable: one `ExportedModel` per actor, pyarrow batches in and out."""
+    """The Ray Data callable: one `ExportedModel` per actor, pyarrow batches in and out.
+
+    Rows keep their input position (`ROW`) and stay in the batch even when skipped (`SKIP`, a null embedding), so
+    the writer can tell consecutive input rows from a gap (`RowOrderedParquet`)."""
 
     def __init__(self, options: EmbedOptions):
         import torch  # in the actor only: the driver's pre-flight needs no torch
@@ -111,15 +165,18 @@ class EmbedBatch:
     def __call__(self, batch: pa.Table) -> pa.Table:
         options = self.options
         texts = batch.column(options.text_column)
-        keep = ~empty_mask(texts)  # pre-flight already refused empties unless on_empty == "skip"
-        if not keep.all():
-            batch = batch.filter(pa.array(keep))
-            texts = batch.column(options.text_column)
-        pooled = self.model.encode(texts.to_pylist(), batch_size=64).numpy()  # (B, H) float32
+        skip = empty_mask(texts)  # pre-flight already refused empties unless on_empty == "skip"
+        keep = np.flatnonzero(~skip)
+        pooled = np.zeros((batch.num_rows, self.model.dim), dtype=np.float32)
+        if len(keep):
+            kept = texts.take(pa.array(keep)).to_pylist()
+            pooled[keep] = self.model.encode(kept, batch_size=64).numpy()  # (B, H) float32
         vectors = self.normalize_rows(pooled) if options.normalize else pooled
-        dim = vectors.shape[1]
+        vectors[skip] = 0.0
         columns = {name: batch.column(name) for name in options.keep_columns}
-        columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(vectors.reshape(-1)), self.model.dim, mask=pa.array(skip)
+        )
         if self.tasks:
             probabilities = self.model.head_probabilities(pooled, self.tasks)
             for task in self.tasks:
@@ -128,27 +185,109 @@ class EmbedBatch:
                 columns[f"{task}_label"] = pa.array(names[ids].tolist(), pa.string())
                 columns[f"{task}_label_id"] = pa.array(ids.astype(np.int32))
                 columns[f"{task}_score"] = pa.array(probabilities[task].max(axis=1).astype(np.float32))
+        if ROW in batch.column_names:
+            columns[ROW] = batch.column(ROW)
+            columns[SKIP] = pa.array(skip)
         return pa.table(columns)
 
 
-def run_embedding(options: EmbedOptions) -> dict:
-    """Pre-flight, then read -> embed -> write on the current Ray cluster; returns the summary."""
+@dataclass
+class EmbedPlan:
+    """What the pre-flight found: files, row counts, the row groups to read, the output and the pinned export."""
+
+    options: EmbedOptions
+    files: list[str]
+    counts: dict
+    pieces: list[dict]
+    output: Path
+
+
+def plan_embedding(options: EmbedOptions) -> EmbedPlan:
+    """Everything checkable without Ray, before Ray starts: inputs (footers and text columns), the export's
+    manifest and tasks, the output path. Errors name the flag, file, row or column."""
+    files, counts = check_inputs(options)
+    try:
+        tasks = list(read_manifest(options.model)["tasks"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"--model {options.model}: {error}") from None
+    resolve_tasks(tasks, options.tasks)  # bad task names fail here, without loading weights
+    output = check_output(options, files)
+    # Pin the export version this job reads (a published export is a symlink a new training run may move on).
+    options = options.model_copy(update={"model": str(Path(options.model).resolve())})
+    return EmbedPlan(options, files, counts, row_group_pieces(files), output)
+
+
+def row_group_pieces(files: list[str]) -> list[dict]:
+    """One read piece per Parquet row group, with the input position of its first row."""
+    pieces, first = [], 0
+    for path in files:
+        metadata = pq.read_metadata(path)
+        for group in range(metadata.num_row_groups):
+            pieces.append({"path": path, "row_group": group, "first_row": first})
+            first += metadata.row_group(group).num_rows
+    return pieces
+
+
+def read_pieces(pieces: pa.Table, columns: list[str]) -> pa.Table:
+    """Ray Data map: row groups -> their rows with `ROW`, each row's position in the whole input."""
+    tables = []
+    listed = (pieces.column(name).to_pylist() for name in ("path", "row_group", "first_row"))
+    for path, group, first in zip(*listed, strict=True):
+        table = pq.ParquetFile(path).read_row_group(group, columns=columns)
+        tables.append(table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64))))
+    return pa.concat_tables(tables)
+
+
+class RowOrderedParquet(Datasink):
+    """Writes each run of consecutive input rows a write task holds to `part-<first row>.parquet`.
+
+    Ray Data 2.60 with `preserve_order` still hands its own write tasks blocks out of input order (seen here: a
+    single output file with whole 64/256-row blocks swapped), so order is carried by the rows instead: each row's
+    input position (`ROW`) travels through the pipeline, every write task sorts its rows by it and cuts them
+    where positions jump. File names sort in input order whatever order the blocks arrived in."""
+
+    def __init__(self, directory: Path, rows_per_file: int = 65_536):
+        self.directory = directory
+        self.rows_per_file = rows_per_file
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks, ctx) -> int:
+        from ray.data.block import BlockAccessor
+
+        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
+        tables = [table for table in tables if table.num_rows]
+        if not tables:
+            return 0
+        table = pa.concat_tables(tables).sort_by(ROW)
+        rows = table.column(ROW).to_numpy()
+        cuts = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+            run = table.slice(start, stop - start)
+            run = run.filter(pc.invert(run.column(SKIP))).drop_columns([ROW, SKIP])
+            if run.num_rows:
+                pq.write_table(run, self.directory / f"part-{rows[start]:012d}.parquet")
+                written += run.num_rows
+        return written
+
+
+def run_embedding(plan: EmbedPlan) -> dict:
+    """Read -> embed -> write on the current Ray cluster, staged and swapped into place; returns the summary."""
     import ray
     import ray.data
 
     started = time.perf_counter()
-    files, counts = check_inputs(options)
-    # Bad model or task: fail before any Ray work, without loading weights.
-    resolve_tasks(list(read_manifest(options.model)["tasks"]), options.tasks)
-    # Pin the export version this job reads (a published export is a symlink a new training run may move on).
-    options = options.model_copy(update={"model": str(Path(options.model).resolve())})
-    output = Path(options.output).resolve()
+    options, output = plan.options, plan.output
     job = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = output.with_name(f"{output.name}.partial-{job}")  # unique: a concurrent job has its own
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # output rows in input order
-    dataset = ray.data.read_parquet(files, columns=[options.text_column, *options.keep_columns])
-    embedded = dataset.map_batches(
+    columns = list(dict.fromkeys([options.text_column, *options.keep_columns]))
+    pieces = ray.data.from_items(plan.pieces, override_num_blocks=max(1, min(len(plan.pieces), 1024)))
+    rows = pieces.map_batches(read_pieces, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow")
+    embedded = rows.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={"options": options},
         batch_size=options.batch_size,
@@ -158,27 +297,30 @@ def run_embedding(options: EmbedOptions) -> dict:
         num_gpus=options.gpus_per_actor or None,
     )
     try:
-        embedded.write_parquet(str(staging))
+        embedded.write_datasink(RowOrderedParquet(staging))
+        staging.mkdir(parents=True, exist_ok=True)  # all rows skipped: an empty output, still marked
+        rows_out = sum(pq.read_metadata(path).num_rows for path in staging.glob("*.parquet"))
+        summary = {
+            "rows_in": plan.counts["rows_in"],
+            "rows_out": rows_out,
+            "skipped": plan.counts["skipped"],
+            "output": str(output),
+            "files_in": len(plan.files),
+            "precision": options.precision,
+            "model": options.model,
+            "job": job,
+        }
+        (staging / OUTPUT_MARKER).write_text(json.dumps(summary, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         print(f"embedding failed: nothing written to {output} (staging {staging} removed)", flush=True)
         raise
-    if output.exists():  # only reached with --overwrite (pre-flight refused otherwise)
+    if output.exists():  # empty, or an earlier job's output with --overwrite (check_output refused anything else)
         previous = output.with_name(f"{output.name}.replaced-{job}")
         output.rename(previous)  # whole directories swap: the old output is never half-replaced
         staging.rename(output)
         shutil.rmtree(previous)
     else:
         staging.rename(output)
-    rows_out = sum(pq.read_metadata(path).num_rows for path in sorted(output.glob("*.parquet")))
     seconds = time.perf_counter() - started
-    return {
-        "rows_in": counts["rows_in"],
-        "rows_out": rows_out,
-        "skipped": counts["skipped"],
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(rows_out / seconds, 1),
-        "output": str(output),
-        "files_in": len(files),
-        "precision": options.precision,
-    }
+    return summary | {"seconds": round(seconds, 3), "rows_per_s": round(summary["rows_out"] / seconds, 1)}

@@ -11,9 +11,10 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers.utils import logging as hf_logging
 
 from mtl.config import DEFAULT_BACKBONE, ModelConfig
+from mtl.errors import UserError
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError):
     """The configured backbone cannot be found or loaded offline."""
 
 

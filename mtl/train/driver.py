@@ -12,11 +12,13 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from mtl.config import Config, ConfigError
-from mtl.data.ray_datasets import read_rows, training_dataset, validate_files
+from mtl.data.ray_datasets import read_rows, training_dataset
 from mtl.data.stream_position import RESUME_FILE
 from mtl.data.teacher_embeddings import teacher_embeddings
 from mtl.inference.exported_model import read_manifest
 from mtl.inference.wise import choose_alpha
+from mtl.train.checkpoint_integrity import KEY_ID_ENV, TRUST_ENV, checkpoint_key, key_id
+from mtl.train.preflight import TrainingPlan, check_rows_per_worker, plan_training
 from mtl.train.ray_session import train_worker
 from mtl.train.report import read_history, write_report
 from mtl.train.run_record import check_or_record
@@ -53,62 +55,18 @@ def storage_visibility(root: str) -> dict[str, bool]:
         marker.unlink(missing_ok=True)
 
 
-def check_storage(config: Config, visibility=storage_visibility) -> str:
-    """Refuse, before any worker starts, a `run.storage_path` that not every node of the cluster can read and write.
-
-    Object-store URIs (s3://, gs://, ...) are refused: the run writes its record (run.json), the teacher cache,
-    history, reports and versioned exports with local file operations. On more than one node, a local path is
-    probed from every node; one that some node does not see is refused with the nodes named."""
-    path = config.run.storage_path
-    if "://" in path:
-        raise ConfigError(
-            f"run.storage_path={path!r}: object-store URIs are not supported (run.json, teacher cache, history, "
-            "reports and exports are written with local file operations); mount shared storage on every node "
-            "(cluster/kuberay/storage.yaml at /mnt/shared, EFS in cluster/aws.yaml) and use its path"
-        )
-    root = storage_root(config)
+def check_storage(root: str, visibility=storage_visibility) -> str:
+    """Refuse, before any worker starts, a storage root that not every node of the cluster can read and write: on
+    more than one node a local path is probed from every node; one that some node does not see is refused with the
+    nodes named. (Object-store URIs were refused by the pre-flight, `mtl.train.preflight.check_storage_path`.)"""
     if ray.is_initialized() and len([node for node in ray.nodes() if node["Alive"]]) > 1:
         blind = sorted(node for node, seen in visibility(root).items() if not seen)
         if blind:
             raise ConfigError(
-                f"run.storage_path={path!r} ({root}) is not visible from node(s) {blind}: on more than one node the "
-                "run directory must be shared storage every node mounts at the same path (e.g. /mnt/shared)"
+                f"run.storage_path ({root}) is not visible from node(s) {blind}: on more than one node the run "
+                "directory must be shared storage every node mounts at the same path (e.g. /mnt/shared)"
             )
     return root
-
-
-def existing_file(path: str, key: str) -> Path:
-    if not Path(path).is_file():
-        raise ConfigError(f"{key}={path!r}: no such file (relative paths start at {Path.cwd()})")
-    return Path(path)
-
-
-def resolved_model_paths(config: Config) -> Config:
-    """`model.init_from` and a local `model.backbone` as absolute paths: workers run in another directory (or node)."""
-    updates = {}
-    if config.model.init_from:
-        init_from = Path(config.model.init_from).expanduser()
-        if not (init_from / "mtl.json").is_file():
-            raise ConfigError(
-                f"model.init_from={config.model.init_from!r}: not an export directory (no mtl.json; relative paths "
-                f"start at {Path.cwd()})"
-            )
-        updates["init_from"] = str(init_from.resolve())
-    backbone = Path(config.model.backbone).expanduser()
-    if backbone.is_dir():
-        updates["backbone"] = str(backbone.resolve())
-    return config.model_copy(update={"model": config.model.model_copy(update=updates)}) if updates else config
-
-
-def check_rows_per_worker(epoch_rows: int, config: Config) -> None:
-    """Refuse data too small for one micro batch per worker: no step could ever run (it would wait forever)."""
-    per_worker = epoch_rows // config.scaling.num_workers
-    if per_worker < config.train.micro_batch_size:
-        raise ConfigError(
-            f"data.train: an epoch of {epoch_rows} rows gives each of scaling.num_workers={config.scaling.num_workers} "
-            f"workers {per_worker} rows, fewer than train.micro_batch_size={config.train.micro_batch_size}; "
-            "lower either or add rows"
-        )
 
 
 def check_cpu_budget(config: Config) -> None:
@@ -131,35 +89,40 @@ PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 
 def worker_env(use_gpu: bool) -> dict[str, str]:
     """Environment every worker sets for itself on start (unless already set there): offline hub, the DeepSpeed op
-    cache, the CPU accelerator. Passed as trainer config, not as a runtime env, so it never clashes with a job's."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR")
+    cache, the CPU accelerator. Passed as trainer config, not as a runtime env, so it never clashes with a job's.
+
+    Not `MTL_CHECKPOINT_KEY`: Ray Train records this config in its run state (dashboard, state API). Workers read the
+    key from their node's environment and check it against the driver's key id (mtl.train.checkpoint_integrity)."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR", TRUST_ENV)
     env = {name: os.environ[name] for name in names if name in os.environ}
+    key = checkpoint_key()
+    if key is not None:
+        env[KEY_ID_ENV] = key_id(key)
     env.setdefault("HF_HUB_OFFLINE", "1")
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     return env
 
 
-def train_on_ray(config: Config) -> dict:
+def train_on_ray(config: Config, plan: TrainingPlan | None = None) -> dict:
+    """Train on the current Ray cluster. `plan` is `plan_training(config)`'s result (jobs.train runs it before Ray
+    starts); without one the pre-flight runs here."""
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
-    root = check_storage(config)
-    config = resolved_model_paths(config)
-    train_files, train_report, counts, weight_sums = validate_files(config.data.train, config, "data.train")
-    # Absolute: workers run elsewhere, and Ray Data's row ids (resume) hash the path as written.
-    train_files = [str(Path(f).resolve()) for f in train_files]
+    plan = plan or plan_training(config)
+    config, run_dir, train_files, counts = plan.config, str(plan.run_dir), plan.train_files, plan.counts
+    train_report = plan.train_report
+    root = check_storage(str(plan.run_dir.parent))
     print(f"data.train: {len(train_files)} files, {json.dumps(train_report.as_dict())}, rows per task {counts}")
     datasets = {}
-    if config.data.validation:
-        validation_files, validation_report, *_ = validate_files(config.data.validation, config, "data.validation")
-        print(f"data.validation: {len(validation_files)} files, {json.dumps(validation_report.as_dict())}")
-        datasets["validation"] = read_rows(validation_files, config)
+    if plan.validation_files:
+        print(f"data.validation: {len(plan.validation_files)} files, {json.dumps(plan.validation_report.as_dict())}")
+        datasets["validation"] = read_rows(plan.validation_files, config)
     teacher_files = None
     if config.retain.method == "distill" and config.retain.teacher == "cached":
         teacher_files, _ = teacher_embeddings(train_files, config, sum(counts.values()))
-    run_dir = f"{root}/{config.run.name}"
     resume_file = str(Path(run_dir, RESUME_FILE))
     datasets["train"], rest, epoch_rows = training_dataset(
-        train_files, config, counts, weight_sums, resume_file, teacher_files
+        train_files, config, counts, plan.weight_sums, resume_file, teacher_files
     )
     # Only when this job can resume mid-epoch (a checkpoint is there, or Ray Train may restart workers): Ray Train
     # starts a split coordinator actor for every dataset it is given.
@@ -167,13 +130,6 @@ def train_on_ray(config: Config) -> dict:
         datasets["train_rest"] = rest
     check_rows_per_worker(epoch_rows, config)
     config = config.with_steps_for(epoch_rows)
-    # Workers run elsewhere (another cwd, another node): hand them the files, absolute.
-    resolved = {"train": train_files}
-    if config.data.validation:
-        resolved["validation"] = [str(Path(f).resolve()) for f in validation_files]
-    if config.data.stsb:
-        resolved["stsb"] = str(existing_file(config.data.stsb, "data.stsb").resolve())
-    config = config.model_copy(update={"data": config.data.model_copy(update=resolved)})
     check_cpu_budget(config)
 
     check_or_record(run_dir, config, train_files)

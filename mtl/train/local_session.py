@@ -22,6 +22,7 @@ from mtl.data.contract import expand_paths, read_validated
 from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
 from mtl.data.stream_position import EPOCH_END, StreamPosition
 from mtl.inference.wise import choose_alpha
+from mtl.train.preflight import check_backbone, check_storage_path, check_tasks_have_rows
 from mtl.train.recipe import Batch, run_training
 from mtl.train.report import write_report
 from mtl.train.run_record import check_or_record
@@ -65,7 +66,8 @@ class LocalSession:
     def __init__(self, config: Config):
         self.config = config
         self.position = StreamPosition()
-        self.run_dir = Path(config.run.storage_path) / config.run.name
+        self.run_dir = check_storage_path(config)
+        check_backbone(config)
         self.checkpoint_root = self.run_dir / "checkpoints"
         self.train_files = expand_paths(config.data.train, "data.train")
         self.train_table, self.train_report = read_validated(self.train_files, config, "data.train")
@@ -76,6 +78,7 @@ class LocalSession:
         weights = row_weights(self.train_table.column("text"), config.data)
         counts = {name: int((task_ids == i).sum()) for i, name in enumerate(config.task_names)}
         weight_sums = {name: float(weights[task_ids == i].sum()) for i, name in enumerate(config.task_names)}
+        check_tasks_have_rows(counts, config)
         rates, self.epoch_rows = draw_rates(counts, weight_sums, config.data)
         if self.epoch_rows < config.train.micro_batch_size:
             raise ConfigError(

@@ -1,0 +1,171 @@
+"""Everything a training run can check before Ray starts: storage and run directory, data, backbone.
+
+`plan_training(config)` runs on the driver with no Ray session: a glob that matches nothing, a missing column, a bad
+row, a task without rows, a backbone that is not there or lacks the layers or modules the config names, all fail
+here in seconds, naming the key, file, row or column. What needs the cluster (CPU budget, storage every node sees)
+is checked by the driver once Ray is up (`mtl.train.driver`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from mtl.config import Config, ConfigError
+from mtl.data.contract import DataError, RowReport, check_schema, expand_paths
+from mtl.data.ray_datasets import validate_files
+from mtl.model.backbone import BackboneError, resolve_backbone
+
+
+@dataclass
+class TrainingPlan:
+    """What the pre-flight found, handed to the driver: the config with absolute paths, the run directory, the
+    data files (absolute: workers run elsewhere, and Ray Data's row ids hash the path as written), row reports,
+    clean rows and draw-weight sums per task."""
+
+    config: Config
+    run_dir: Path
+    train_files: list[str]
+    train_report: RowReport
+    counts: dict[str, int]
+    weight_sums: dict[str, float]
+    validation_files: list[str]
+    validation_report: RowReport | None
+
+
+def check_storage_path(config: Config) -> Path:
+    """The run directory, `<storage root>/<run.name>`; object-store URIs are refused (see README, "Storage")."""
+    path = config.run.storage_path
+    if "://" in path:
+        raise ConfigError(
+            f"run.storage_path={path!r}: object-store URIs are not supported (run.json, teacher cache, history, "
+            "reports and exports are written with local file operations); mount shared storage on every node "
+            "(cluster/kuberay/storage.yaml at /mnt/shared, EFS in cluster/aws.yaml) and use its path"
+        )
+    return config.run.run_dir()
+
+
+def existing_file(path: str, key: str) -> Path:
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}={path!r}: no such file (relative paths start at {Path.cwd()})")
+    return Path(path)
+
+
+def resolved_model_paths(config: Config) -> Config:
+    """`model.init_from` and a local `model.backbone` as absolute paths: workers run in another directory (or node)."""
+    updates = {}
+    if config.model.init_from:
+        init_from = Path(config.model.init_from).expanduser()
+        if not (init_from / "mtl.json").is_file():
+            raise ConfigError(
+                f"model.init_from={config.model.init_from!r}: not an export directory (no mtl.json; relative paths "
+                f"start at {Path.cwd()})"
+            )
+        updates["init_from"] = str(init_from.resolve())
+    backbone = Path(config.model.backbone).expanduser()
+    if backbone.is_dir():
+        updates["backbone"] = str(backbone.resolve())
+    return config.model_copy(update={"model": config.model.model_copy(update=updates)}) if updates else config
+
+
+def check_backbone(config: Config) -> None:
+    """The starting encoder exists offline and has what the fine-tuning settings name: enough layers for
+    `partial`, every LoRA target module. Built on the meta device from its config.json: no weights are read."""
+    from transformers import AutoConfig, AutoModel
+
+    directory = Path(config.model.init_from) if config.model.init_from else resolve_backbone(config.model.backbone)
+    key = "model.init_from" if config.model.init_from else "model.backbone"
+    trust = config.model.trust_remote_code
+    try:
+        encoder_config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=trust)
+    except (OSError, ValueError) as error:
+        raise BackboneError(f"{key}: {directory} has no usable config.json ({error})") from None
+    finetune = config.finetune
+    if finetune.strategy == "partial":
+        layers = int(getattr(encoder_config, "num_hidden_layers", 0))
+        if finetune.unfreeze_last_n_layers > layers:
+            raise ConfigError(
+                f"finetune.unfreeze_last_n_layers={finetune.unfreeze_last_n_layers}: the backbone ({directory}) has "
+                f"{layers} layers; lower it, or use finetune.strategy=full to train all of them"
+            )
+    if finetune.strategy == "lora":
+        import torch
+
+        with torch.device("meta"):
+            encoder = AutoModel.from_config(encoder_config, trust_remote_code=trust)
+        names = [name for name, _ in encoder.named_modules() if name]
+        missing = [
+            target
+            for target in finetune.lora.target_modules
+            if not any(name == target or name.endswith(f".{target}") for name in names)
+        ]
+        if missing:
+            leaves = sorted({name.rsplit(".", 1)[-1] for name in names if not name.rsplit(".", 1)[-1].isdigit()})
+            raise ConfigError(
+                f"finetune.lora.target_modules: {missing} not in the backbone ({directory}); its module names "
+                f"are {leaves}"
+            )
+
+
+def check_schemas(files: list[str], config: Config) -> None:
+    """Every file's contract columns and types from its footer, before any row is read."""
+    for path in files:
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        check_schema(schema, path, config.data)
+
+
+def check_rows_per_worker(epoch_rows: int, config: Config) -> None:
+    """Refuse data too small for one micro batch per worker: no step could ever run (it would wait forever)."""
+    per_worker = epoch_rows // config.scaling.num_workers
+    if per_worker < config.train.micro_batch_size:
+        raise ConfigError(
+            f"data.train: an epoch of {epoch_rows} rows gives each of scaling.num_workers={config.scaling.num_workers} "
+            f"workers {per_worker} rows, fewer than train.micro_batch_size={config.train.micro_batch_size}; "
+            "lower either or add rows"
+        )
+
+
+def check_tasks_have_rows(counts: dict[str, int], config: Config, key: str = "data.train") -> None:
+    """A task with no clean rows would export an untrained head: refused unless frozen or `may_be_empty`."""
+    empty = [
+        task
+        for task, rows in counts.items()
+        if rows == 0 and task not in config.finetune.freeze_heads and not config.tasks[task].may_be_empty
+    ]
+    if empty:
+        raise DataError(
+            f"{key}: no rows for task(s) {empty} (rows per task {counts}); check the task column's names, or set "
+            f"tasks.{empty[0]}.may_be_empty=true to train without them"
+        )
+
+
+def plan_training(config: Config) -> TrainingPlan:
+    """All driver-side checks, cheapest first; returns what the driver needs to build the datasets."""
+    run_dir = check_storage_path(config)
+    config = resolved_model_paths(config)
+    train_files = expand_paths(config.data.train, "data.train")
+    validation_files = expand_paths(config.data.validation, "data.validation") if config.data.validation else []
+    check_schemas(train_files + validation_files, config)
+    if config.data.stsb:
+        existing_file(config.data.stsb, "data.stsb")
+    check_backbone(config)
+    train_files, train_report, counts, weight_sums = validate_files(train_files, config, "data.train")
+    check_tasks_have_rows(counts, config)
+    validation_report = None
+    if validation_files:
+        validation_files, validation_report, *_ = validate_files(validation_files, config, "data.validation")
+    resolved = {
+        "train": [str(Path(f).resolve()) for f in train_files],
+        "validation": [str(Path(f).resolve()) for f in validation_files],
+    }
+    if config.data.stsb:
+        resolved["stsb"] = str(Path(config.data.stsb).resolve())
+    config = config.model_copy(update={"data": config.data.model_copy(update=resolved)})
+    return TrainingPlan(
+        config, run_dir, resolved["train"], train_report, counts, weight_sums, resolved["validation"], validation_report
+    )
