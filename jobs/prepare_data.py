@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", help="training config: label ids follow its tasks.*.labels order")
     args = parser.parse_args(argv)
     if args.shard_rows < 1:
-        parser.error(f"--shard-rows {args.shard_rows}: must be at least 1")
+        raise DataError(f"--shard-rows {args.shard_rows}: must be at least 1")
     if not 0 <= args.validation_fraction < 1:
-        parser.error(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
+        raise DataError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
     labels = {task: names.split(",") for task, names in _pairs(args.labels, "--labels").items()}
     sources = {task: Path(path) for task, path in _pairs(args.task, "--task").items()}
     order = None

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from mtl.config import Config, validate_config
+from mtl.errors import UserError
 
 # name -> (finetune section, retain section); partial keeps the base config's unfreeze_last_n_layers.
 STRATEGIES: dict[str, tuple[dict, dict]] = {
@@ -82,7 +83,7 @@ def compare_strategies(base: Config, names: list[str], steps: int | None, output
     """Run each trial, then write `strategies.json`, `strategies.md` and `strategies.png` under `output`."""
     unknown = [name for name in names if name not in STRATEGIES]
     if unknown:
-        raise ValueError(f"--strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
+        raise UserError(f"--strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
     configs = {name: trial_config(base, name, steps) for name in names}  # every config checked before any run
     rows = []
     for name, config in configs.items():

@@ -25,7 +25,7 @@ from ray.data import Datasink
 
 from mtl.data.contract import DataError, check_utf8, expand_paths
 from mtl.errors import UserError
-from mtl.inference.manifest import read_manifest, select_tasks
+from mtl.inference.manifest import UnknownTask, read_manifest, select_tasks
 
 # Written into every finished output: what made it. `--overwrite` replaces only a directory that holds one.
 OUTPUT_MARKER = "_jobs_embed.json"
@@ -139,8 +139,8 @@ def resolve_tasks(known: list[str], tasks: list[str]) -> list[str]:
         return []
     try:
         return select_tasks(known, None if tasks == ["all"] else tasks)
-    except ValueError as error:
-        raise ValueError(f"--tasks: {error}") from error
+    except UnknownTask as error:
+        raise UnknownTask(f"--tasks: {error}") from error
 
 
 class EmbedBatch:
@@ -206,11 +206,7 @@ def plan_embedding(options: EmbedOptions) -> EmbedPlan:
     """Everything checkable without Ray, before Ray starts: inputs (footers and text columns), the export's
     manifest and tasks, the output path. Errors name the flag, file, row or column."""
     files, counts = check_inputs(options)
-    try:
-        tasks = list(read_manifest(options.model)["tasks"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"--model {options.model}: {error}") from None
-    resolve_tasks(tasks, options.tasks)  # bad task names fail here, without loading weights
+    resolve_tasks(list(read_manifest(options.model)["tasks"]), options.tasks)  # bad names fail here, no weights read
     output = check_output(options, files)
     # Pin the export version this job reads (a published export is a symlink a new training run may move on).
     options = options.model_copy(update={"model": str(Path(options.model).resolve())})

@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from mtl.data.tokenization import pooled_in_input_order, token_ids
+from mtl.inference.manifest import ExportError, UnknownTask
 from mtl.inference.manifest import head_path as head_path  # re-exported: the one place callers import from
 from mtl.inference.manifest import model_info as model_info
 from mtl.inference.manifest import read_manifest as read_manifest
@@ -38,12 +39,12 @@ def load_task_head(export_dir: str | Path, task: str, head_file: str | Path | No
     written before fingerprints existed is refused (nothing to check it against); that export's own heads load."""
     manifest = read_manifest(export_dir)
     if task not in manifest["tasks"]:
-        raise ValueError(f"{export_dir}: no task {task!r}; the export has {list(manifest['tasks'])}")
+        raise UnknownTask(f"{export_dir}: no task {task!r}; the export has {list(manifest['tasks'])}")
     path = head_path(export_dir, task, head_file)
     labels = list(manifest["tasks"][task]["labels"])
     encoder = manifest.get("encoder_fingerprint")
     if head_file and encoder is None:
-        raise ValueError(
+        raise ExportError(
             f"{export_dir}: export has no encoder_fingerprint (format_version {manifest.get('format_version')}); "
             f"re-export it before rolling out head_file={head_file}"
         )

@@ -7,13 +7,29 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from mtl.errors import UserError
+
+
+class ExportError(UserError):
+    """A directory that is not a readable export; the message names the file."""
+
+
+class UnknownTask(UserError):
+    """A task name the export does not have."""
+
 
 def read_manifest(export_dir: str | Path) -> dict:
     """An export's `mtl.json` (pooling, max_seq_length, tasks, ...); a clear error if the directory is not an export."""
     manifest_file = Path(export_dir) / "mtl.json"
     if not manifest_file.is_file():
-        raise FileNotFoundError(f"{export_dir}: no mtl.json, not an export directory")
-    return json.loads(manifest_file.read_text())
+        raise ExportError(f"{export_dir}: no mtl.json, not an export directory")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ExportError(f"{manifest_file}: not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), dict):
+        raise ExportError(f"{manifest_file}: not an export manifest (no 'tasks' mapping)")
+    return manifest
 
 
 def task_labels(manifest: dict) -> dict[str, list[str]]:
@@ -38,7 +54,7 @@ def select_tasks(known: Sequence[str], requested: Sequence[str] | None) -> list[
     tasks = list(dict.fromkeys(requested)) if requested else list(known)
     unknown = [name for name in tasks if name not in known]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {list(known)}")
+        raise UnknownTask(f"unknown task(s) {unknown}; known: {list(known)}")
     return tasks
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import SafetensorError
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -65,4 +66,9 @@ def load_encoder(model_config: ModelConfig, directory: Path | None = None) -> Pr
     """The bare encoder (no task head); `trust_remote_code` only when configured."""
     directory = directory or resolve_backbone(model_config.backbone)
     hf_logging.disable_progress_bar()  # no tqdm bar per load in every worker's log
-    return AutoModel.from_pretrained(directory, local_files_only=True, trust_remote_code=model_config.trust_remote_code)
+    try:
+        return AutoModel.from_pretrained(
+            directory, local_files_only=True, trust_remote_code=model_config.trust_remote_code
+        )
+    except (OSError, SafetensorError) as error:  # missing or unreadable weights: the path is the user's to fix
+        raise BackboneError(f"model.backbone: cannot load the encoder's weights from {directory}: {error}") from None

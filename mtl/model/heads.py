@@ -17,6 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mtl.errors import UserError
+
 
 def build_heads(hidden_size: int, label_counts: dict[str, int]) -> nn.ModuleDict:
     return nn.ModuleDict({name: nn.Linear(hidden_size, count) for name, count in label_counts.items()})
@@ -49,7 +51,7 @@ def check_head(path: Path, task: str, labels: list[str], encoder: str) -> None:
     """Refuse a head file written for another task, label order or encoder, naming the mismatch."""
     found = head_metadata(path)
     if not found:
-        raise ValueError(f"{path}: head file carries no task/labels/encoder metadata (written before they were "
+        raise UserError(f"{path}: head file carries no task/labels/encoder metadata (written before they were "
                          "recorded); re-export it")  # fmt: skip
     problems = []
     if found.get("task") != task:
@@ -59,7 +61,7 @@ def check_head(path: Path, task: str, labels: list[str], encoder: str) -> None:
     if found.get("encoder") != encoder:
         problems.append(f"it was trained with encoder {found.get('encoder')}, this encoder is {encoder}")
     if problems:
-        raise ValueError(f"{path}: " + "; ".join(problems))
+        raise UserError(f"{path}: " + "; ".join(problems))
 
 
 def load_head_into(head: nn.Linear, path: Path) -> None:
@@ -68,7 +70,7 @@ def load_head_into(head: nn.Linear, path: Path) -> None:
     expected = {"weight": tuple(head.weight.shape), "bias": tuple(head.bias.shape)}
     found = {name: tuple(tensors[name].shape) for name in expected if name in tensors}
     if found != expected:
-        raise ValueError(f"{path}: head tensors {found} do not match the configured labels {expected}")
+        raise UserError(f"{path}: head tensors {found} do not match the configured labels {expected}")
     with torch.no_grad():
         head.weight.copy_(tensors["weight"])
         head.bias.copy_(tensors["bias"])

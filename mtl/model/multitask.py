@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtl.config import Config
+from mtl.config import Config, ConfigError
 from mtl.model.backbone import load_encoder, starting_encoder_dir
 from mtl.model.heads import build_heads, check_head, load_head_into
 from mtl.model.pooling import normalize, pool, resolve_pooling
@@ -62,14 +62,14 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
         labels = list(config.tasks[name].labels)
         if name not in exported:
             if name in config.finetune.freeze_heads:
-                raise ValueError(
+                raise ConfigError(
                     f"model.init_from={source}: has no head for task {name!r} (it has {list(exported)}), "
                     f"but finetune.freeze_heads keeps {name!r} fixed: it would be exported untrained"
                 )
             print(f"model.init_from: {source} has no task {name!r}; its head starts from random weights")
             continue
         if exported[name] != labels:
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_from={source}: task {name!r} was trained with labels {exported[name]}, "
                 f"tasks.{name}.labels is {labels}; list them in the export's order"
             )

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mtl.config import ConfigError
+
 POOLING_MODES = ("cls", "mean", "max")
 
 
@@ -56,13 +58,13 @@ def declared_pooling(backbone_dir: Path) -> str | None:
         key: value for key, value in json.loads(config_file.read_text()).items() if key.startswith("pooling_mode_")
     }
     if flags and not any(flags.values()):  # the older format with every mode off: sentence-transformers would pick one
-        raise ValueError(f"{config_file}: declares no pooling mode; {hint}")
+        raise ConfigError(f"{config_file}: declares no pooling mode; {hint}")
     try:
         mode = Pooling.load(str(config_file.parent), local_files_only=True).pooling_mode
     except ValueError as error:
-        raise ValueError(f"{config_file}: {error}; {hint}") from error
+        raise ConfigError(f"{config_file}: {error}; {hint}") from error
     if mode not in POOLING_MODES:
-        raise ValueError(f"{config_file}: declares pooling {mode!r}; {hint}")
+        raise ConfigError(f"{config_file}: declares pooling {mode!r}; {hint}")
     return mode
 
 
@@ -70,7 +72,7 @@ def resolve_pooling(requested: str, backbone_dir: Path) -> str:
     """`auto` -> the backbone's declared pooling, else `cls`; explicit modes pass through."""
     if requested != "auto":
         if requested not in _POOLERS:
-            raise ValueError(f"model.pooling={requested!r} is not one of auto, {', '.join(POOLING_MODES)}")
+            raise ConfigError(f"model.pooling={requested!r} is not one of auto, {', '.join(POOLING_MODES)}")
         return requested
     return declared_pooling(backbone_dir) or "cls"
 

@@ -7,7 +7,7 @@ import re
 import peft
 from torch import nn
 
-from mtl.config import FinetuneConfig
+from mtl.config import ConfigError, FinetuneConfig
 from mtl.model.multitask import MultiTaskModel
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
@@ -42,11 +42,11 @@ def apply_strategy(model: MultiTaskModel, finetune: FinetuneConfig) -> MultiTask
         try:
             model.encoder = peft.get_peft_model(model.encoder, lora)
         except ValueError as error:
-            raise ValueError(f"finetune.lora.target_modules={finetune.lora.target_modules}: {error}") from error
+            raise ConfigError(f"finetune.lora.target_modules={finetune.lora.target_modules}: {error}") from error
     else:
         num_layers = num_encoder_layers(model)
         if strategy == "partial" and finetune.unfreeze_last_n_layers > num_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"finetune.unfreeze_last_n_layers={finetune.unfreeze_last_n_layers} but the backbone has "
                 f"{num_layers} layers; use strategy=full to train all of them"
             )

@@ -19,7 +19,7 @@ from mtl.inference.exported_model import read_manifest
 from mtl.inference.wise import choose_alpha
 from mtl.train.checkpoint_integrity import KEY_ID_ENV, TRUST_ENV, checkpoint_key, key_id
 from mtl.train.preflight import TrainingPlan, check_rows_per_worker, plan_training
-from mtl.train.ray_session import train_worker
+from mtl.train.ray_session import REFUSED_FILE, raise_if_refused, train_worker
 from mtl.train.report import read_history, write_report
 from mtl.train.run_record import check_or_record
 
@@ -157,7 +157,13 @@ def train_on_ray(config: Config, plan: TrainingPlan | None = None) -> dict:
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
-    result = trainer.fit()
+    Path(run_dir, REFUSED_FILE).unlink(missing_ok=True)
+    try:
+        result = trainer.fit()
+    except Exception:
+        raise_if_refused(run_dir)  # a worker's config/data error, as the user error it is
+        raise
+    raise_if_refused(run_dir)  # the retry's workers stopped at once: training did not happen
     wise = choose_alpha(Path(run_dir), config) if config.retain.wise_alphas else None
     export_dir = f"{run_dir}/export"
     manifest = read_manifest(export_dir)

@@ -6,7 +6,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
-from mtl.config import OptimConfig
+from mtl.config import ConfigError, OptimConfig
 from mtl.model.multitask import MultiTaskModel
 from mtl.model.strategies import is_embedding, layer_index, num_encoder_layers
 
@@ -47,7 +47,7 @@ def parameter_groups(model: MultiTaskModel, optim: OptimConfig) -> list[dict]:
             }
         groups[key]["params"].append(parameter)
     if not groups:
-        raise ValueError("nothing to train: no parameter requires a gradient (check finetune.*)")
+        raise ConfigError("nothing to train: no parameter requires a gradient (check finetune.*)")
     return list(groups.values())
 
 

@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 
 from mtl.config import Config, ConfigError
 from mtl.data.contract import DataError, RowReport, check_schema, expand_paths
-from mtl.data.ray_datasets import validate_files
-from mtl.model.backbone import BackboneError, resolve_backbone
+
+# torch, transformers and Ray are imported where first needed, after the cheap checks: a glob typo or a missing
+# column is refused before any of them loads (a few seconds each on a small machine).
 
 
 @dataclass
@@ -74,6 +75,8 @@ def check_backbone(config: Config) -> None:
     """The starting encoder exists offline and has what the fine-tuning settings name: enough layers for
     `partial`, every LoRA target module. Built on the meta device from its config.json: no weights are read."""
     from transformers import AutoConfig, AutoModel
+
+    from mtl.model.backbone import BackboneError, resolve_backbone
 
     directory = Path(config.model.init_from) if config.model.init_from else resolve_backbone(config.model.backbone)
     key = "model.init_from" if config.model.init_from else "model.backbone"
@@ -154,6 +157,8 @@ def plan_training(config: Config) -> TrainingPlan:
     if config.data.stsb:
         existing_file(config.data.stsb, "data.stsb")
     check_backbone(config)
+    from mtl.data.ray_datasets import validate_files
+
     train_files, train_report, counts, weight_sums = validate_files(train_files, config, "data.train")
     check_tasks_have_rows(counts, config)
     validation_report = None

@@ -12,10 +12,26 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from mtl.config import ConfigError
 from mtl.data.stream_position import EPOCH_END, StreamPosition
+from mtl.errors import UserError
 from mtl.train.recipe import Batch, run_training
 
 SHUFFLE_BUFFER_ROWS = 2_048
+# Written into the run directory by a worker whose run hit a `UserError` (config, data, backbone): Ray Train retries
+# every worker error up to `run.max_failures` times, and retrying a deterministic error only repeats it. Workers of
+# the retry find this file and stop at once; the driver then raises the error (`raise_if_refused`).
+REFUSED_FILE = "refused_in_worker.txt"
+
+
+class RefusedInWorker(UserError):
+    """A config/data error a training worker raised; the message is the worker's."""
+
+
+def raise_if_refused(run_dir: str | Path) -> None:
+    refused = Path(run_dir, REFUSED_FILE)
+    if refused.is_file():
+        raise RefusedInWorker(f"{refused.read_text().strip()} (raised in a training worker; not retried)")
 
 
 class RaySession:
@@ -61,7 +77,7 @@ class RaySession:
                 )
             # An epoch without one full micro batch would repeat forever (a resumed epoch may have none left).
             if batches == 0 and not rest:
-                raise RuntimeError(
+                raise ConfigError(
                     f"rank {self.rank}: a whole epoch of its data.train shard held fewer rows than one micro batch "
                     f"(train.micro_batch_size={self.micro_batch_size}); lower it or scaling.num_workers"
                 )
@@ -89,6 +105,19 @@ class RaySession:
 
 def train_worker(worker_config: dict) -> None:
     """`train_loop_per_worker` for `TorchTrainer`: the config arrives as plain data."""
+    refused = Path(worker_config["run_dir"], REFUSED_FILE)
+    if refused.is_file():  # a restart after a config/data error: end at once, the driver raises it
+        return
+    try:
+        _train(worker_config)
+    except UserError as error:
+        partial = refused.with_name(f"{REFUSED_FILE}.{os.getpid()}")
+        partial.write_text(str(error))
+        partial.replace(refused)  # whole: a reader never sees half a message
+        raise
+
+
+def _train(worker_config: dict) -> None:
     for name, value in worker_config.get("env", {}).items():
         os.environ.setdefault(name, value)
     session = RaySession(

@@ -28,6 +28,7 @@ from mtl.model.backbone import load_tokenizer, starting_encoder_dir
 from mtl.model.multitask import MultiTaskModel, build_model
 from mtl.model.precision import autocast
 from mtl.model.strategies import apply_strategy, format_report, parameter_report
+from mtl.train.checkpoint_integrity import checkpoint_key, verify_checkpoint, write_manifest
 from mtl.train.deepspeed_config import deepspeed_config
 from mtl.train.losses import multitask_loss
 from mtl.train.optim import build_optimizer, build_scheduler
@@ -110,20 +111,29 @@ def validate(engine, session: Session, tokenizer, config: Config) -> dict:
 
 
 def save_checkpoint(engine, session: Session, step: int, metrics: dict, state: dict) -> None:
-    """Every rank writes its DeepSpeed shard into its own temp dir and reports it; `state` rides along."""
+    """Every rank writes its DeepSpeed shard into its own temp dir and reports it; `state` rides along.
+
+    Last before the report, each rank's manifest of the files in its dir (signed when MTL_CHECKPOINT_KEY is set):
+    the session copies the dirs of all ranks into one checkpoint, which `resume` verifies against all manifests."""
     with tempfile.TemporaryDirectory(prefix="mtl-ckpt-") as directory:
         engine.save_checkpoint(directory, tag="state", client_state={"step": step, **state})
         session.position.save(directory, session.rank, engine.device)  # collective
+        write_manifest(directory, session.rank, session.world_size, checkpoint_key())
         session.report({"step": step, **flatten(metrics)}, checkpoint_dir=directory)
 
 
 def resume(engine, session: Session) -> tuple[int, dict]:
     """Load the session's latest checkpoint if any; return the step to continue from and the loop's state
-    (best selection score and the STS-B record of that best)."""
+    (best selection score and the STS-B record of that best).
+
+    The checkpoint's files are verified against its manifests before DeepSpeed unpickles any of them: refused with
+    `CheckpointIntegrityError` naming the file (mtl.train.checkpoint_integrity)."""
     state = {"best": float("-inf"), "best_stsb": None}
+    key = checkpoint_key()  # here, not at the first save: a Ray worker without the driver's key fails at once
     with session.latest_checkpoint() as directory:
         if directory is None:
             return 0, state
+        trust = verify_checkpoint(directory, key)
         _, client_state = engine.load_checkpoint(directory, tag="state")
         step = int(client_state["step"])
         if session.position.restore(directory):
@@ -131,7 +141,7 @@ def resume(engine, session: Session) -> tuple[int, dict]:
         else:
             where = "the checkpoint predates stream positions: the data stream starts again from its beginning"
         if session.rank == 0:
-            print(f"resumed from checkpoint at step {step} ({directory}); {where}", flush=True)
+            print(f"resumed from checkpoint at step {step} ({directory}; {trust}); {where}", flush=True)
         return step, {key: client_state.get(key, default) for key, default in state.items()}
 
 
