@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,32 @@ def test_debug_shows_the_traceback(work, tiny_export, monkeypatch):
     with pytest.raises(UserError, match="holds input"):
         run_command(embed.main, ["--model", str(tiny_export), "--input", "data/in/*.parquet", "--output", ".",
                                  "--debug"])  # fmt: skip
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_worker_side_user_error_is_not_retried(tiny_backbone, tmp_path):
+    """Weights that cannot be read pass the driver's pre-flight (it reads config.json only) and fail in the worker:
+    with run.max_failures=2 the worker runs once, the retry stops at once, and the job prints the worker's error
+    as one line with exit code 2."""
+    backbone = tmp_path / "broken-backbone"
+    shutil.copytree(tiny_backbone, backbone)
+    weights = backbone / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    raw = config_dict(backbone, tmp_path)
+    raw["run"]["max_failures"] = 2
+    raw["scaling"] = {"num_workers": 1, "cpus_per_worker": 1}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--config", str(path)], capture_output=True, text=True, timeout=400,
+        env=env,
+    )  # fmt: skip
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output[-5000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model.backbone: cannot load the encoder's weights"), last
+    assert "not retried" in last
+    assert len(re.findall(r"worker rank 0/1 on node", output)) == 1, output[-5000:]  # the retry never trained
