@@ -238,3 +238,16 @@ def test_a_worker_side_user_error_is_not_retried(tiny_backbone, tmp_path):
     assert last.startswith("error: model.backbone: cannot load the encoder's weights"), last
     assert "not retried" in last
     assert len(re.findall(r"worker rank 0/1 on node", output)) == 1, output[-5000:]  # the retry never trained
+
+
+def test_an_export_whose_task_name_is_a_path_is_refused(tiny_export, tmp_path):
+    """`mtl.json` is read from shared storage: a task name like `../x` would name a head file outside the export."""
+    from mtl.inference.manifest import ExportError, read_manifest
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    manifest = json.loads((export / "mtl.json").read_text())
+    manifest["tasks"]["../../outside"] = manifest["tasks"].pop("topic")
+    (export / "mtl.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=r"mtl.json: task name\(s\) \['../../outside'\] are not plain names"):
+        read_manifest(export)

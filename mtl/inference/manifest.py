@@ -4,6 +4,7 @@ an export (the batch job's pre-flight, an ingress) starts fast. `mtl.inference.e
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,10 @@ def read_manifest(export_dir: str | Path) -> dict:
         raise ExportError(f"{manifest_file}: not valid JSON ({error})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), dict):
         raise ExportError(f"{manifest_file}: not an export manifest (no 'tasks' mapping)")
+    # Task names become file names (heads/<task>.safetensors): plain names only, as the config allows.
+    bad = [name for name in manifest["tasks"] if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
+    if bad:
+        raise ExportError(f"{manifest_file}: task name(s) {bad} are not plain names (letters, digits, _ and -)")
     return manifest
 
 
