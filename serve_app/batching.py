@@ -7,6 +7,9 @@ HAProxy, 2 ingress replicas, fp32, two runs each; README "Serving"). Why `@serve
 established. Here an idle caller runs its batch itself instead of handing it to a background loop. Same
 contract: a list of items in, a list of results out, in order; runtime-settable size and wait; a batch is
 everything that queued while the previous one ran, optionally after waiting `wait_s` to fill.
+
+A failed batch is retried in halves, down to single items, so only the item that fails gets the error (one bad
+request or text no longer fails everything merged with it); a batch that succeeds costs what it did before.
 """
 
 from __future__ import annotations
@@ -22,10 +25,19 @@ Result = TypeVar("Result")
 class Batcher(Generic[Item, Result]):
     """`await batcher(item)` -> that item's result from `func(items)`; one `func` call in flight at a time."""
 
-    def __init__(self, func: Callable[[list[Item]], Awaitable[list[Result]]], max_batch_size: int, wait_s: float = 0.0):
+    def __init__(
+        self,
+        func: Callable[[list[Item]], Awaitable[list[Result]]],
+        max_batch_size: int,
+        wait_s: float = 0.0,
+        batch_errors: tuple[type[Exception], ...] = (),
+    ):
+        """`batch_errors`: failures that are no one item's fault (overload, a lost replica, a timeout): every caller
+        gets them at once, unretried, since a retry in halves would only repeat them."""
         self.func = func
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
+        self.batch_errors = batch_errors
         self._queue: list[tuple[Item, asyncio.Future]] = []
         self._draining = False
 
@@ -54,6 +66,11 @@ class Batcher(Generic[Item, Result]):
         if self.wait_s and len(self._queue) < self.max_batch_size:
             await asyncio.sleep(self.wait_s)
         batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size :]
+        await self._run(batch)
+
+    async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+        """`func` on `batch`; on failure each half again, one after the other (still one `func` call in flight),
+        so the error reaches only the single items that fail on their own; every caller gets a result or an error."""
         batch = [(item, future) for item, future in batch if not future.done()]  # callers that gave up
         if not batch:
             return
@@ -61,7 +78,12 @@ class Batcher(Generic[Item, Result]):
             results = await self.func([item for item, _ in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
-        except Exception as error:  # every caller in the batch gets the error, none hangs
+        except Exception as error:
+            if len(batch) > 1 and not isinstance(error, self.batch_errors):
+                half = len(batch) // 2
+                await self._run(batch[:half])
+                await self._run(batch[half:])
+                return
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)

@@ -4,6 +4,10 @@ Each request's texts wait (`serve_app.batching.Batcher`, no fixed delay by defau
 while the previous batch is in flight; the batch makes one encoder call and one call per head it needs, and each
 request gets its rows back. Hops per request fall from 1 + heads to (1 + heads) / batch. Responses skip FastAPI's
 re-validation (the routes build them from typed values) but keep their schemas in /openapi.json.
+
+Failures stay with their request: a text the model cannot encode is a 422 at the schema (schemas.py), a batch that
+still fails is retried in halves (batching.py), and a 5xx body is a short message and a request id, never the error
+text (a RayTaskError's holds the remote traceback); the replica log has the full error under that id.
 """
 
 import asyncio
@@ -11,17 +15,25 @@ import base64
 import hmac
 import ipaddress
 import logging
+import math
 import os
+import re
+import uuid
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.context import _get_serve_request_context
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtl.inference import label_entries, normalize_rows, pair_cosine, select_tasks
 from serve_app.batching import Batcher
@@ -39,6 +51,7 @@ from serve_app.schemas import (
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = "1"
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 api = FastAPI(
     title="mtl multi-task sentence model",
@@ -126,11 +139,56 @@ async def too_large(send, limit: int) -> None:
 api.add_middleware(BodyLimit)
 
 
+def request_id(request: Request) -> str:
+    """Serve's id of this request (the client's `x-request-id` when it sent one; Serve's own replica log lines carry
+    it), else that header, else a new one (outside Serve)."""
+    return _get_serve_request_context().request_id or request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+def _server_error(status: int, message: str, rid: str, headers: dict | None = None) -> JSONResponse:
+    """`{"detail", "request_id"}` (Serve itself puts the id in the `X-Request-ID` header of every answer)."""
+    return JSONResponse({"detail": f"{message} (request id {rid})", "request_id": rid}, status, headers)
+
+
 @api.exception_handler(Exception)
 async def _internal(request: Request, error: Exception) -> JSONResponse:
-    """Anything unexpected inside the replica: a JSON 500 with a message, logged, never a hang or an HTML page."""
-    logger.exception("unhandled error on %s", request.url.path)
-    return JSONResponse({"detail": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+    """Anything unexpected inside the replica: a JSON 500 with the error's type and a request id, never a hang, an
+    HTML page or the error's text (a RayTaskError's holds the remote traceback); logged in full under that id."""
+    rid = request_id(request)
+    logger.error("request %s: unhandled error on %s", rid, request.url.path, exc_info=error)
+    return _server_error(500, f"internal error ({type(error).__name__}), details in the replica log", rid)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+    """FastAPI's own answer below 500; a 5xx (the 503s of `Ingress._call`) also carries a request id, logged with
+    its cause."""
+    if error.status_code < 500:
+        return await http_exception_handler(request, error)
+    rid = request_id(request)
+    logger.warning("request %s: %s on %s: %s (cause: %r)", rid, error.status_code, request.url.path, error.detail,
+                   error.__cause__)  # fmt: skip
+    return _server_error(error.status_code, error.detail, rid, error.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, with the echoed input made encodable: otherwise encoding the 422 itself fails (a 500)."""
+    return JSONResponse({"detail": _jsonable(jsonable_encoder(error.errors()))}, status_code=422)
+
+
+def _jsonable(value):
+    """A lone surrogate (a valid JSON escape, no UTF-8 form) as U+FFFD; NaN or infinity (Python's JSON parser takes
+    them, JSON has none) as text."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    return value
 
 
 def _retry_later(detail: str) -> HTTPException:
@@ -152,7 +210,8 @@ class Ingress:
         api.state.auth_token_env = limits["auth_token_env"]
         api.state.max_body_bytes = limits["max_body_bytes"]
         self._tokenizer = None
-        self.batches = Batcher(self._infer, max_batch_size=64)
+        # A 503 from `_call` (overload, a lost replica, a timeout) is the whole batch's: not retried in halves.
+        self.batches = Batcher(self._infer, max_batch_size=64, batch_errors=(HTTPException,))
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs (`user_config`): `max_batch_size` requests per batch, `batch_wait_timeout_s`."""

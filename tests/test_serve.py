@@ -1,5 +1,6 @@
 """The Serve application on a tiny export: endpoints, parity with the offline model, batching across requests,
-the OpenAI embeddings API, bad input, body limit, head rollout and refusal, any export's tasks, a killed replica."""
+the OpenAI embeddings API, bad input (unencodable texts fail alone), body limit, head rollout and refusal, any
+export's tasks, a killed replica."""
 
 import asyncio
 import base64
@@ -96,6 +97,13 @@ BAD = [
     ("/v1/similarity", {"pairs": [["only one"]]}, 422, "pairs"),
     ("/v1/similarity", {"pairs": [["a", " "]]}, 422, "pair at index 0 has an empty text"),
     ("/v1/similarity", {"pairs": [["a", "b"]] * 129}, 413, "at most 256"),
+    # requests sends a lone surrogate as the JSON escape "\ud800" (json.dumps, ensure_ascii), as a client would
+    ("/v1/embed", {"texts": ["fine", "a\ud800"]}, 422, "text at index 1 holds U+D800 (a lone surrogate)"),
+    ("/v1/embed", {"texts": ["nul\x00"]}, 422, "text at index 0 holds U+0000 (NUL) at character 3"),
+    ("/v1/predict", {"texts": ["fine", "\udfff"]}, 422, "text at index 1 holds U+DFFF"),
+    ("/v1/similarity", {"pairs": [["a", "b"], ["c", "\ud800"]]}, 422, "pair at index 1, text 1 holds U+D800"),
+    ("/v1/embeddings", {"input": "\ud800"}, 422, "input holds U+D800"),
+    ("/v1/embeddings", {"input": ["fine", "\ud800"]}, 422, "text at index 1 holds U+D800"),
 ]
 
 
@@ -104,6 +112,49 @@ def test_bad_input_is_a_4xx_naming_the_field(served, path, body, status, message
     response = post(served, path, body)
     assert response.status_code == status, response.text
     assert message in response.text
+
+
+def test_unencodable_texts_fail_alone_among_concurrent_requests(served, tiny_export):
+    """16 concurrent requests, 2 of them holding a lone surrogate: those 2 are a 422 naming the index (before any
+    batch), the 14 others answer with their own vectors (once, the tokenizer's error failed the whole batch)."""
+    offline = ExportedModel.load(tiny_export)
+    texts = [[f"request {i} says hello", f"another one {i}"] for i in range(16)]
+    texts[3][1] = "\U0001f600 a valid pair in JSON"  # an escaped surrogate pair is one code point: served
+    bodies = [json.dumps({"texts": pair}) for pair in texts]  # ASCII JSON: a lone surrogate is sent as its escape
+    bodies[5] = '{"texts": ["fine", "bad \\ud800 here"]}'
+    bodies[11] = '{"texts": ["\\udfff", "fine"]}'
+    assert "\\ud83d\\ude00" in bodies[3] and "\\ud800" in bodies[5]
+
+    def send(body):
+        return requests.post(f"{served.url}/v1/embed", data=body, headers={"content-type": "application/json"},
+                             timeout=60)  # fmt: skip
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(send, bodies))
+    assert responses[5].status_code == 422 and "text at index 1 holds U+D800" in responses[5].text
+    assert responses[11].status_code == 422 and "text at index 0 holds U+DFFF" in responses[11].text
+    for i, response in enumerate(responses):
+        if i not in (5, 11):
+            assert response.status_code == 200, (i, response.text)
+            np.testing.assert_allclose(response.json()["embeddings"], offline.embed(texts[i]), atol=1e-5)
+
+
+def test_a_failing_call_merged_at_the_encoder_fails_alone(served, tiny_export):
+    """Past the schemas (a direct handle call), the encoder's batch of merged calls is retried in halves: only the
+    call holding the text the tokenizer raises on fails."""
+    offline = ExportedModel.load(tiny_export)
+    calls = [[f"call {i} text"] * 8 for i in range(12)]
+    calls[6] = ["fine", "bad \ud800"]
+
+    async def encode_all():
+        encoder = served.handle("Encoder")
+        return await asyncio.gather(*(encoder.encode.remote(texts) for texts in calls), return_exceptions=True)
+
+    results = asyncio.run(encode_all())
+    assert isinstance(results[6], TypeError), results[6]
+    for i, result in enumerate(results):
+        if i != 6:
+            np.testing.assert_allclose(result, offline.embed(calls[i], normalized=False), rtol=1e-4, atol=1e-5)
 
 
 def test_malformed_json_is_422(served):
