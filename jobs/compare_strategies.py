@@ -17,7 +17,7 @@ from pathlib import Path
 
 from jobs.cli import run_command
 from mtl.config import load_config
-from mtl.evaluation.strategy_comparison import STRATEGIES, compare_strategies
+from mtl.train.strategy_comparison import STRATEGIES, compare_strategies
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

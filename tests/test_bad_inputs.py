@@ -242,7 +242,7 @@ def test_a_worker_side_user_error_is_not_retried(tiny_backbone, tmp_path):
 
 def test_an_export_whose_task_name_is_a_path_is_refused(tiny_export, tmp_path):
     """`mtl.json` is read from shared storage: a task name like `../x` would name a head file outside the export."""
-    from mtl.inference.manifest import ExportError, read_manifest
+    from mtl.export_format import ExportError, read_manifest
 
     export = tmp_path / "export"
     shutil.copytree(tiny_export, export)

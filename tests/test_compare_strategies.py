@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mtl.config import validate_config
-from mtl.evaluation.strategy_comparison import STRATEGIES, trial_config
+from mtl.train.strategy_comparison import STRATEGIES, trial_config
 from tests.conftest import config_dict, write_stsb
 
 

@@ -100,7 +100,7 @@ def test_method_none_and_a_zero_weight_train_the_same_weights(make_config, tmp_p
 def test_wise_blend_is_a_weight_space_interpolation(make_config, tiny_backbone, tmp_path):
     from safetensors.torch import load_file
 
-    from mtl.inference.wise import blend_export
+    from mtl.train.wise_ft import blend_export
 
     first = train_locally(make_config(finetune={"strategy": "full"}, optim={"backbone_lr": 1e-2}))
     tuned = Path(first["export_dir"])

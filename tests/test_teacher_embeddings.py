@@ -9,11 +9,11 @@ import torch
 
 from mtl.config import validate_config
 from mtl.data.length_grouping import length_grouped
-from mtl.data.teacher_embeddings import MARKER, teacher_embeddings
 from mtl.data.tokenization import tokenize
 from mtl.model.backbone import load_tokenizer
 from mtl.model.multitask import build_model
 from mtl.train.retention import Teacher
+from mtl.train.teacher_embeddings import MARKER, teacher_embeddings
 from tests.conftest import config_dict, make_tiny_backbone
 
 ROWS = 256  # config_dict's training file

@@ -127,7 +127,7 @@ def training_dataset(
     """One epoch of the configured task mix (and long-text weighting); returns the dataset, the same without the rows
     listed in `resume_file` (`drop_trained`: the rest of the epoch a run resumes in) and the epoch's expected rows.
 
-    `teacher_files` (`mtl.data.teacher_embeddings`): the same clean rows with a `teacher` column, read instead.
+    `teacher_files` (`mtl.train.teacher_embeddings`): the same clean rows with a `teacher` column, read instead.
     """
     dataset, epoch_rows = _epoch(files, config, counts, weight_sums, teacher_files)
     rest = dataset.map_batches(

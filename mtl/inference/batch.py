@@ -25,7 +25,7 @@ from ray.data import Datasink
 
 from mtl.data.contract import DataError, check_utf8, expand_paths
 from mtl.errors import UserError
-from mtl.inference.manifest import UnknownTask, read_manifest, select_tasks
+from mtl.export_format import UnknownTask, read_manifest, select_tasks
 
 # Written into every finished output: what made it. `--overwrite` replaces only a directory that holds one.
 OUTPUT_MARKER = "_jobs_embed.json"

@@ -20,12 +20,12 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from mtl.data.tokenization import pooled_in_input_order, token_ids
-from mtl.inference.manifest import ExportError, UnknownTask
-from mtl.inference.manifest import head_path as head_path  # re-exported: the one place callers import from
-from mtl.inference.manifest import model_info as model_info
-from mtl.inference.manifest import read_manifest as read_manifest
-from mtl.inference.manifest import select_tasks as select_tasks
-from mtl.inference.manifest import task_labels as task_labels
+from mtl.export_format import ExportError, UnknownTask
+from mtl.export_format import head_path as head_path  # re-exported: the one place callers import from
+from mtl.export_format import model_info as model_info
+from mtl.export_format import read_manifest as read_manifest
+from mtl.export_format import select_tasks as select_tasks
+from mtl.export_format import task_labels as task_labels
 from mtl.model.heads import build_heads, check_head, load_head_into
 from mtl.model.pooling import cosine_similarity, normalize, pool
 from mtl.model.precision import autocast

@@ -54,7 +54,7 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
 
     A task the export lacks starts from random weights (said once); if that task is frozen, it is an error.
     """
-    from mtl.inference.manifest import read_manifest, task_labels
+    from mtl.export_format import read_manifest, task_labels
 
     manifest = read_manifest(source)
     exported = task_labels(manifest)

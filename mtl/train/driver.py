@@ -14,14 +14,14 @@ from ray.train.torch import TorchTrainer
 from mtl.config import Config, ConfigError
 from mtl.data.ray_datasets import read_rows, training_dataset
 from mtl.data.stream_position import RESUME_FILE
-from mtl.data.teacher_embeddings import teacher_embeddings
 from mtl.inference.exported_model import read_manifest
-from mtl.inference.wise import choose_alpha
 from mtl.train.checkpoint_integrity import KEY_ID_ENV, TRUST_ENV, checkpoint_key, key_id
 from mtl.train.preflight import TrainingPlan, check_rows_per_worker, plan_training
 from mtl.train.ray_session import REFUSED_FILE, raise_if_refused, train_worker
 from mtl.train.report import read_history, write_report
 from mtl.train.run_record import check_or_record
+from mtl.train.teacher_embeddings import teacher_embeddings
+from mtl.train.wise_ft import choose_alpha
 
 
 def storage_root(config: Config) -> str:

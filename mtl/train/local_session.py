@@ -21,11 +21,11 @@ from mtl.config import Config, ConfigError
 from mtl.data.contract import expand_paths, read_validated
 from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
 from mtl.data.stream_position import EPOCH_END, StreamPosition
-from mtl.inference.wise import choose_alpha
 from mtl.train.preflight import check_backbone, check_storage_path, check_tasks_have_rows
 from mtl.train.recipe import Batch, run_training
 from mtl.train.report import write_report
 from mtl.train.run_record import check_or_record
+from mtl.train.wise_ft import choose_alpha
 
 
 def ensure_single_process_group(use_gpu: bool) -> None:

@@ -80,7 +80,7 @@ def to_device(batch: TokenBatch, tokenizer, device: torch.device) -> dict[str, t
         "task_ids": torch.tensor(batch["task_id"], dtype=torch.long, device=device),
         "labels": torch.tensor(batch["label"], dtype=torch.long, device=device),
     }
-    if "teacher" in batch:  # cached teacher vectors (mtl.data.teacher_embeddings), (B, H)
+    if "teacher" in batch:  # cached teacher vectors (mtl.train.teacher_embeddings), (B, H)
         inputs["teacher"] = torch.tensor(batch["teacher"], dtype=torch.float32, device=device)
     return inputs
 
@@ -292,7 +292,7 @@ def run_training(config_data: dict, session: Session) -> dict:
                     logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing, config.train.task_loss
                 )
                 if retain.method == "distill":
-                    if teacher is None:  # cached vectors stream with the rows (mtl.data.teacher_embeddings)
+                    if teacher is None:  # cached vectors stream with the rows (mtl.train.teacher_embeddings)
                         target = inputs["teacher"]
                     else:
                         with timer.phase("teacher"):
