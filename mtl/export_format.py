@@ -1,14 +1,30 @@
-"""Reading an export's manifest (`mtl.json`) and naming its parts: plain JSON, no torch, so a driver that only checks
-an export (the batch job's pre-flight, an ingress) starts fast. `mtl.inference.exported_model` loads the model."""
+"""The export format, in one place: file names, the manifest (`mtl.json`) schema, reading and writing it, head paths.
+
+An export is a sentence-transformers directory (encoder, tokenizer, pooling) plus `heads/<task>.safetensors` and
+`mtl.json`; `mtl.inference.export` writes one, `mtl.inference.exported_model` loads one. Everything that names a
+file of an export or reads or writes its manifest goes through here. Plain JSON and pydantic, no torch, so a driver
+that only checks an export (the batch job's pre-flight, an ingress) starts fast. (The encoder fingerprint a manifest
+records is computed over weights, in `mtl.model.heads.weights_fingerprint`.)
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from mtl.errors import UserError
+
+MANIFEST_FILE = "mtl.json"
+HEADS_DIR = "heads"
+FORMAT_VERSION = 2  # 2: heads carry task/labels/encoder metadata, mtl.json the encoder fingerprint
+# Task names become file names (heads/<task>.safetensors): plain names only, as the config allows.
+TASK_NAME = r"^[A-Za-z0-9_-]+$"
 
 
 class ExportError(UserError):
@@ -19,22 +35,69 @@ class UnknownTask(UserError):
     """A task name the export does not have."""
 
 
-def read_manifest(export_dir: str | Path) -> dict:
-    """An export's `mtl.json` (pooling, max_seq_length, tasks, ...); a clear error if the directory is not an export."""
-    manifest_file = Path(export_dir) / "mtl.json"
-    if not manifest_file.is_file():
-        raise ExportError(f"{export_dir}: no mtl.json, not an export directory")
+class TaskEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    labels: list[str] = Field(min_length=1)
+
+
+class Manifest(BaseModel):
+    """`mtl.json`: what a reader needs (pooling, sequence length, width, tasks and labels, encoder fingerprint) and
+    what a person wants to know (the training config, metrics, provenance, the WiSE-FT choice). Unknown keys are
+    kept, so an older reader still reads a newer export's manifest."""
+
+    model_config = ConfigDict(extra="allow")
+    format_version: int = 1
+    pooling: str
+    max_seq_length: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    tasks: dict[str, TaskEntry]
+    encoder_fingerprint: str | None = None
+    config: dict = Field(default_factory=dict)
+    metrics: dict = Field(default_factory=dict)
+    provenance: dict = Field(default_factory=dict)
+
+
+def manifest_path(export_dir: str | Path) -> Path:
+    return Path(export_dir) / MANIFEST_FILE
+
+
+def is_export(directory: str | Path) -> bool:
+    """Whether `directory` holds an export's manifest (a cheap check; `read_manifest` validates it)."""
+    return manifest_path(directory).is_file()
+
+
+def _validated(manifest: object, source: Path) -> dict:
+    if isinstance(manifest, dict) and isinstance(manifest.get("tasks"), dict):
+        bad = [name for name in manifest["tasks"] if not re.fullmatch(TASK_NAME, name)]
+        if bad:
+            raise ExportError(f"{source}: task name(s) {bad} are not plain names (letters, digits, _ and -)")
     try:
-        manifest = json.loads(manifest_file.read_text())
+        return Manifest.model_validate(manifest).model_dump(exclude_unset=True)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc'])) or '(top level)'}: {item['msg']}"
+                             for item in error.errors())  # fmt: skip
+        raise ExportError(f"{source}: not an export manifest ({problems})") from None
+
+
+def read_manifest(export_dir: str | Path) -> dict:
+    """An export's `mtl.json`, validated (`Manifest`); an error naming the file if the directory is not an export."""
+    source = manifest_path(export_dir)
+    if not source.is_file():
+        raise ExportError(f"{export_dir}: no {MANIFEST_FILE}, not an export directory")
+    try:
+        manifest = json.loads(source.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ExportError(f"{manifest_file}: not valid JSON ({error})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), dict):
-        raise ExportError(f"{manifest_file}: not an export manifest (no 'tasks' mapping)")
-    # Task names become file names (heads/<task>.safetensors): plain names only, as the config allows.
-    bad = [name for name in manifest["tasks"] if not re.fullmatch(r"[A-Za-z0-9_-]+", name)]
-    if bad:
-        raise ExportError(f"{manifest_file}: task name(s) {bad} are not plain names (letters, digits, _ and -)")
-    return manifest
+        raise ExportError(f"{source}: not valid JSON ({error})") from None
+    return _validated(manifest, source)
+
+
+def write_manifest(export_dir: str | Path, manifest: dict) -> None:
+    """Validate `manifest` and write it as the export's `mtl.json`, whole (a temp file renamed over it)."""
+    target = manifest_path(export_dir)
+    _validated(manifest, target)
+    partial = target.with_name(f".{MANIFEST_FILE}.{uuid.uuid4().hex}")
+    partial.write_text(json.dumps(manifest, indent=2))
+    os.replace(partial, target)
 
 
 def task_labels(manifest: dict) -> dict[str, list[str]]:
@@ -65,4 +128,4 @@ def select_tasks(known: Sequence[str], requested: Sequence[str] | None) -> list[
 
 def head_path(export_dir: str | Path, task: str, head_file: str | Path | None = None) -> Path:
     """`head_file` if given, else the export's own `heads/<task>.safetensors`."""
-    return Path(head_file) if head_file else Path(export_dir) / "heads" / f"{task}.safetensors"
+    return Path(head_file) if head_file else Path(export_dir) / HEADS_DIR / f"{task}.safetensors"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from mtl.inference import model_info, read_manifest
+from mtl.export_format import model_info, read_manifest
 from serve_app.args import AppArgs
 from serve_app.encoder import Encoder
 from serve_app.ingress import Ingress, check_exposure

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtl.export_format import is_export
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR_ENV = "MTL_MODEL_DIR"
 
@@ -57,7 +59,7 @@ class AppArgs(BaseModel):
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = (Path.cwd() / path) if (Path.cwd() / path).is_dir() else PROJECT_ROOT / path
-        if not (path / "mtl.json").is_file():
+        if not is_export(path):
             source = f"${MODEL_DIR_ENV}" if os.environ.get(MODEL_DIR_ENV) else "args.model_dir"
             raise FileNotFoundError(f"{source}={raw!r}: {path} is not an export directory (no mtl.json)")
         return path.resolve()  # pins the published version: retraining moves the symlink, not these files

@@ -19,7 +19,7 @@ class Encoder:
     def __init__(self, model_dir: str, precision: str, threads: int | None, device: str = "cpu"):
         if threads:
             torch.set_num_threads(threads)
-        self.model = ExportedModel.load(model_dir, device=device, precision=precision)
+        self.model = ExportedModel.load(model_dir, device=device, precision=precision, with_heads=False)
         self.max_batch_size = 32
         self.calls = Batcher(self.encode_calls, max_batch_size=16)
         self.started = time.time()

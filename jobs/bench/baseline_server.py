@@ -8,7 +8,6 @@ It reads the same export but shares no code with the project's inference path on
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -17,14 +16,16 @@ from fastapi import FastAPI
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
+from mtl.export_format import head_path, read_manifest
+
 
 def build(model_dir: Path) -> FastAPI:
-    manifest = json.loads((model_dir / "mtl.json").read_text())
+    manifest = read_manifest(model_dir)
     if manifest["pooling"] != "mean":
         raise SystemExit(f"{model_dir}: the baseline hand-codes mean pooling; this export uses {manifest['pooling']}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     encoder = AutoModel.from_pretrained(model_dir).eval()
-    heads = {task: load_file(str(model_dir / "heads" / f"{task}.safetensors")) for task in manifest["tasks"]}
+    heads = {task: load_file(str(head_path(model_dir, task))) for task in manifest["tasks"]}
     app = FastAPI()
 
     @app.get("/healthz")

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from mtl.export_format import is_export
 from mtl.inference.batch import EmbedBatch, EmbedOptions
 
 SHARED_SST2 = "../shared/data/sst2/train-*.parquet"
@@ -75,7 +76,7 @@ def long_texts(rows: int, words: int = 34) -> tuple[list[str], str]:
 def default_export() -> Path:
     """The default backbone exported as-is (random heads): embeddings are what the backbone gives."""
     directory = Path("runs/bench/default-export")
-    if not (directory / "mtl.json").is_file():
+    if not is_export(directory):
         from mtl.config import validate_config
         from mtl.inference.export import export_model
         from mtl.model.backbone import load_tokenizer

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from jobs.bench.embed import default_export
+from mtl.export_format import is_export
 from serve_app.local import LocalServe
 
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-examples", type=int, default=100, help="test cases per operation and phase")
     args = parser.parse_args(argv)
     production = Path("runs/production/export")
-    model = Path(args.model) if args.model else production if (production / "mtl.json").is_file() else default_export()
+    model = Path(args.model) if args.model else production if is_export(production) else default_export()
     served = LocalServe(model)
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     command = [

@@ -25,6 +25,7 @@ import numpy as np
 import requests
 
 from jobs.bench.embed import default_export, load_texts
+from mtl.export_format import is_export
 
 LEVELS = (1, 8, 32)
 
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     production = Path("runs/production/export")
-    model = Path(args.model) if args.model else production if (production / "mtl.json").is_file() else default_export()
+    model = Path(args.model) if args.model else production if is_export(production) else default_export()
     texts, source = load_texts(args.data, 2000)
     print(f"model {model}; texts from {source}; cores {os.cpu_count()}")
     result: dict = {"model": str(model), "forward_p50_ms": forward_ms(model, texts)}

@@ -9,6 +9,7 @@ from mtl.data.contract import read_validated
 from mtl.evaluation.classification import classification_report
 from mtl.evaluation.plots import plot_confusion
 from mtl.evaluation.stsb import stsb_spearman
+from mtl.export_format import manifest_path
 from mtl.inference.exported_model import ExportedModel
 from mtl.model.pooling import POOLING_MODES
 
@@ -31,7 +32,7 @@ def evaluate_export(
     model = ExportedModel.load(model_dir)
     result: dict = {"model": model_dir, "pooling": model.pooling, "labels": model.labels}
     if data:
-        config = rows_config(model, source=f"{model_dir}/mtl.json")
+        config = rows_config(model, source=str(manifest_path(model_dir)))
         rows, row_report = read_validated(data, config, "--data")
         result["rows"] = row_report.as_dict()
         result["tasks"] = classification_report(model, rows, config.task_names)

@@ -17,7 +17,6 @@ export/
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,10 +29,9 @@ import peft
 from transformers.utils import logging as hf_logging
 
 from mtl.config import Config
+from mtl.export_format import FORMAT_VERSION, head_path, write_manifest
 from mtl.model.heads import save_head, weights_fingerprint
 from mtl.model.multitask import MultiTaskModel
-
-EXPORT_FORMAT_VERSION = 2  # 2: heads carry task/labels/encoder metadata, mtl.json the encoder fingerprint
 
 
 def _git_commit() -> str | None:
@@ -104,9 +102,9 @@ def _write_export(model: MultiTaskModel, config: Config, tokenizer, staging: Pat
     _sentence_transformers_files(staging, model.pooling, config.model.max_seq_length)
     fingerprint = weights_fingerprint(encoder)
     for name, head in model.heads.items():
-        save_head(head, staging / "heads" / f"{name}.safetensors", name, config.tasks[name].labels, fingerprint)
+        save_head(head, head_path(staging, name), name, config.tasks[name].labels, fingerprint)
     manifest = {
-        "format_version": EXPORT_FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "pooling": model.pooling,
         "max_seq_length": config.model.max_seq_length,
         "hidden_size": hidden_size,
@@ -122,4 +120,4 @@ def _write_export(model: MultiTaskModel, config: Config, tokenizer, staging: Pat
             "git_commit": _git_commit(),
         },
     }
-    (staging / "mtl.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(staging, manifest)

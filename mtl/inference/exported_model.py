@@ -33,11 +33,14 @@ from mtl.model.precision import autocast
 PRECISIONS = ("fp32", "bf16")
 
 
-def load_task_head(export_dir: str | Path, task: str, head_file: str | Path | None = None) -> nn.Linear:
+def load_task_head(
+    export_dir: str | Path, task: str, head_file: str | Path | None = None, manifest: dict | None = None
+) -> nn.Linear:
     """One task's head from `head_path(...)`, checked against the export: task name, label names in id order and
     encoder fingerprint (head metadata vs `mtl.json`), then tensor shapes. A replacement `head_file` for an export
-    written before fingerprints existed is refused (nothing to check it against); that export's own heads load."""
-    manifest = read_manifest(export_dir)
+    written before fingerprints existed is refused (nothing to check it against); that export's own heads load.
+    `manifest`: the export's, when the caller has read it already."""
+    manifest = manifest or read_manifest(export_dir)
     if task not in manifest["tasks"]:
         raise UnknownTask(f"{export_dir}: no task {task!r}; the export has {list(manifest['tasks'])}")
     path = head_path(export_dir, task, head_file)
@@ -114,13 +117,18 @@ class ExportedModel:
         self.manifest = manifest
 
     @classmethod
-    def load(cls, export_dir: str | Path, device: str = "cpu", precision: str = "fp32") -> ExportedModel:
+    def load(
+        cls, export_dir: str | Path, device: str = "cpu", precision: str = "fp32", with_heads: bool = True
+    ) -> ExportedModel:
+        """The export's encoder, tokenizer and pooling; with `with_heads` every task head too (the Serve encoder, whose
+        heads live in their own deployments, loads none)."""
         export_dir = Path(export_dir)
         manifest = read_manifest(export_dir)
         labels = task_labels(manifest)
         hf_logging.disable_progress_bar()  # no tqdm bar per replica and per load
         encoder = AutoModel.from_pretrained(export_dir, local_files_only=True)
-        heads = nn.ModuleDict({name: load_task_head(export_dir, name) for name in labels})
+        names = labels if with_heads else []
+        heads = nn.ModuleDict({name: load_task_head(export_dir, name, manifest=manifest) for name in names})
         tokenizer = AutoTokenizer.from_pretrained(export_dir, local_files_only=True)
         return cls(
             encoder, tokenizer, manifest["pooling"], int(manifest["max_seq_length"]), labels, heads, manifest,

@@ -54,7 +54,7 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
 
     A task the export lacks starts from random weights (said once); if that task is frozen, it is an error.
     """
-    from mtl.export_format import read_manifest, task_labels
+    from mtl.export_format import head_path, read_manifest, task_labels
 
     manifest = read_manifest(source)
     exported = task_labels(manifest)
@@ -73,7 +73,7 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
                 f"model.init_from={source}: task {name!r} was trained with labels {exported[name]}, "
                 f"tasks.{name}.labels is {labels}; list them in the export's order"
             )
-        path = source / "heads" / f"{name}.safetensors"
+        path = head_path(source, name)
         if "encoder_fingerprint" in manifest:  # exports before format 2 carry no head metadata
             check_head(path, name, labels, manifest["encoder_fingerprint"])
         load_head_into(head, path)

@@ -14,7 +14,7 @@ from ray.train.torch import TorchTrainer
 from mtl.config import Config, ConfigError
 from mtl.data.ray_datasets import read_rows, training_dataset
 from mtl.data.stream_position import RESUME_FILE
-from mtl.inference.exported_model import read_manifest
+from mtl.export_format import read_manifest
 from mtl.train.checkpoint_integrity import KEY_ID_ENV, TRUST_ENV, checkpoint_key, key_id
 from mtl.train.preflight import TrainingPlan, check_rows_per_worker, plan_training
 from mtl.train.ray_session import REFUSED_FILE, raise_if_refused, train_worker

@@ -15,7 +15,8 @@ from torch import nn
 from mtl.config import Config
 from mtl.evaluation.plots import plot_series
 from mtl.evaluation.stsb import stsb_spearman
-from mtl.inference.exported_model import ExportedModel, read_manifest
+from mtl.export_format import read_manifest
+from mtl.inference.exported_model import ExportedModel
 from mtl.model.backbone import load_encoder, load_tokenizer, starting_encoder_dir
 from mtl.model.pooling import resolve_pooling
 

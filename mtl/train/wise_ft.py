@@ -8,7 +8,6 @@ scored on the validation rows and on STS-B, and the one with the best mean task 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,8 +19,9 @@ from mtl.config import Config
 from mtl.data.contract import read_validated
 from mtl.evaluation.classification import classification_report
 from mtl.evaluation.stsb import stsb_spearman
+from mtl.export_format import head_path, read_manifest, write_manifest
 from mtl.inference.export import new_version_dir, publish
-from mtl.inference.exported_model import ExportedModel, read_manifest
+from mtl.inference.exported_model import ExportedModel
 from mtl.model.backbone import starting_encoder_dir
 from mtl.model.heads import build_heads, load_head_into, save_head, weights_fingerprint
 
@@ -51,12 +51,12 @@ def restamp_heads(export_dir: Path, fingerprint: str) -> None:
     """Record `fingerprint` as the export's encoder, in `mtl.json` and in every head file's metadata."""
     manifest = read_manifest(export_dir)
     for task, spec in manifest["tasks"].items():
-        path = Path(export_dir) / "heads" / f"{task}.safetensors"
+        path = head_path(export_dir, task)
         head = build_heads(int(manifest["hidden_size"]), {task: len(spec["labels"])})[task]
         load_head_into(head, path)
         save_head(head, path, task, spec["labels"], fingerprint)
     manifest["encoder_fingerprint"] = fingerprint
-    (Path(export_dir) / "mtl.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(export_dir, manifest)
 
 
 def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict:
@@ -90,7 +90,7 @@ def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict
     shutil.rmtree(run_dir / "wise")
     manifest = read_manifest(version)
     manifest["wise_ft"] = {"alpha": chosen["alpha"], "stsb_before": before, "table": table, "tuned": str(tuned)}
-    (version / "mtl.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(version, manifest)
     publish(version, export)
     print(f"WiSE-FT: exported alpha={chosen['alpha']:g} to {export} (fine-tuned encoder kept in {tuned})", flush=True)
     return manifest["wise_ft"]
