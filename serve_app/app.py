@@ -11,7 +11,8 @@ from ray.serve import Application
 from mtl.export_format import model_info, read_manifest
 from serve_app.args import AppArgs
 from serve_app.encoder import Encoder
-from serve_app.ingress import Ingress, check_exposure
+from serve_app.guards import check_exposure
+from serve_app.ingress import Ingress
 from serve_app.task_head import TaskHead
 
 

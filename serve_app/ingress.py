@@ -12,31 +12,22 @@ text (a RayTaskError's holds the remote traceback); the replica log has the full
 
 import asyncio
 import base64
-import hmac
-import ipaddress
 import logging
-import math
-import os
-import re
-import uuid
-from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import http_exception_handler
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.context import _get_serve_request_context
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtl.inference import label_entries, normalize_rows, pair_cosine, select_tasks
 from serve_app.batching import Batcher
+from serve_app.errors import http_error, internal_error, invalid_request
+from serve_app.guards import BodyLimit, check_exposure, check_token
 from serve_app.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -51,144 +42,18 @@ from serve_app.schemas import (
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = "1"
-SURROGATE = re.compile("[\ud800-\udfff]")
 
 api = FastAPI(
     title="mtl multi-task sentence model",
     version="1",
     description="Embeddings, per-task predictions and similarity from one shared encoder.",
 )
-bearer = HTTPBearer(auto_error=False, description="required when the token variable (`auth_token_env`) is set")
-
-
-def check_exposure(host: str, token_env: str, allow_unauthenticated: bool) -> None:
-    """Refuse to serve a non-loopback address with no token unless `allow_unauthenticated` says so."""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if loopback or allow_unauthenticated or os.environ.get(token_env):
-        return
-    raise ValueError(
-        f"http_options.host={host!r} is reachable from other machines and ${token_env} (args.auth_token_env) is not "
-        "set: set the token (e.g. from a Kubernetes Secret) or args.allow_unauthenticated: true"
-    )
-
-
-async def check_token(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]):
-    """Bearer token from the environment variable named by `auth_token_env`; no variable, no check."""
-    expected = os.environ.get(request.app.state.auth_token_env or "")
-    if not expected:
-        return
-    given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            status_code=401,
-            detail="missing or wrong bearer token (header Authorization)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `max_body_bytes` is a 413 before anything parses it.
-
-    A declared Content-Length over the limit is refused unread; otherwise (chunked bodies included) the body is read
-    here up to the limit and handed on, so an oversize one never reaches FastAPI's parser."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        # The app's own state (Serve runs a frozen copy of `api`; the Ingress constructor sets the copy's state).
-        limit = getattr(scope["app"].state, "max_body_bytes", None)
-        if not limit:
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await too_large(send, limit)
-        chunks, size, message = [], 0, {"more_body": True}
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                return await too_large(send, limit)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-
-async def too_large(send, limit: int) -> None:
-    body = JSONResponse({"detail": f"request body over {limit} bytes (args.max_body_bytes)"}, status_code=413)
-    await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
-    await send({"type": "http.response.body", "body": body.body})
 
 
 api.add_middleware(BodyLimit)
-
-
-def request_id(request: Request) -> str:
-    """Serve's id of this request (the client's `x-request-id` when it sent one; Serve's own replica log lines carry
-    it), else that header, else a new one (outside Serve)."""
-    return _get_serve_request_context().request_id or request.headers.get("x-request-id") or uuid.uuid4().hex
-
-
-def _server_error(status: int, message: str, rid: str, headers: dict | None = None) -> JSONResponse:
-    """`{"detail", "request_id"}` (Serve itself puts the id in the `X-Request-ID` header of every answer)."""
-    return JSONResponse({"detail": f"{message} (request id {rid})", "request_id": rid}, status, headers)
-
-
-@api.exception_handler(Exception)
-async def _internal(request: Request, error: Exception) -> JSONResponse:
-    """Anything unexpected inside the replica: a JSON 500 with the error's type and a request id, never a hang, an
-    HTML page or the error's text (a RayTaskError's holds the remote traceback); logged in full under that id."""
-    rid = request_id(request)
-    logger.error("request %s: unhandled error on %s", rid, request.url.path, exc_info=error)
-    return _server_error(500, f"internal error ({type(error).__name__}), details in the replica log", rid)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
-    """FastAPI's own answer below 500; a 5xx (the 503s of `Ingress._call`) also carries a request id, logged with
-    its cause."""
-    if error.status_code < 500:
-        return await http_exception_handler(request, error)
-    rid = request_id(request)
-    logger.warning("request %s: %s on %s: %s (cause: %r)", rid, error.status_code, request.url.path, error.detail,
-                   error.__cause__)  # fmt: skip
-    return _server_error(error.status_code, error.detail, rid, error.headers)
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 body, with the echoed input made encodable: otherwise encoding the 422 itself fails (a 500)."""
-    return JSONResponse({"detail": _jsonable(jsonable_encoder(error.errors()))}, status_code=422)
-
-
-def _jsonable(value):
-    """A lone surrogate (a valid JSON escape, no UTF-8 form) as U+FFFD; NaN or infinity (Python's JSON parser takes
-    them, JSON has none) as text."""
-    if isinstance(value, str):
-        return SURROGATE.sub("\ufffd", value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    return value
+api.add_exception_handler(Exception, internal_error)
+api.add_exception_handler(StarletteHTTPException, http_error)
+api.add_exception_handler(RequestValidationError, invalid_request)
 
 
 def _retry_later(detail: str) -> HTTPException:

@@ -5,7 +5,7 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from serve_app.ingress import check_exposure, check_token
+from serve_app.guards import check_exposure, check_token
 
 
 def client(monkeypatch, token: str | None) -> TestClient:

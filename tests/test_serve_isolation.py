@@ -57,7 +57,7 @@ def test_a_422_echoing_unencodable_input_is_still_a_422():
     encoding the 422 fail, a 500."""
     from fastapi.exceptions import RequestValidationError
 
-    from serve_app.ingress import _invalid
+    from serve_app.errors import invalid_request as _invalid
 
     app = FastAPI()
     app.add_exception_handler(RequestValidationError, _invalid)
@@ -134,7 +134,8 @@ def remote_error() -> RayTaskError:
 def failing_app() -> TestClient:
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from serve_app.ingress import _http_error, _internal
+    from serve_app.errors import http_error as _http_error
+    from serve_app.errors import internal_error as _internal
 
     app = FastAPI()
     app.add_exception_handler(Exception, _internal)

@@ -19,10 +19,11 @@ import torch.distributed as dist
 
 from mtl.config import Config, ConfigError
 from mtl.data.contract import expand_paths, read_validated
+from mtl.data.length_grouping import Batch
 from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
 from mtl.data.stream_position import EPOCH_END, StreamPosition
 from mtl.train.preflight import check_backbone, check_storage_path, check_tasks_have_rows
-from mtl.train.recipe import Batch, run_training
+from mtl.train.recipe import run_training
 from mtl.train.report import write_report
 from mtl.train.run_record import check_or_record
 from mtl.train.wise_ft import choose_alpha
@@ -137,7 +138,7 @@ def train_locally(config: Config) -> dict:
     config = session.config = config.model_copy(update={"data": data})
     check_or_record(session.run_dir, config, session.train_files)
     ensure_single_process_group(config.scaling.use_gpu)
-    result = run_training(config.model_dump(mode="json"), session)
+    result = run_training(config, session)
     if config.retain.wise_alphas:
         result["wise_ft"] = choose_alpha(session.run_dir, config)
     report = write_report(session.run_dir, config, Path(result["export_dir"]))

@@ -12,10 +12,11 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from mtl.config import ConfigError
+from mtl.config import Config, ConfigError, validate_config
+from mtl.data.length_grouping import Batch
 from mtl.data.stream_position import EPOCH_END, StreamPosition
 from mtl.errors import UserError
-from mtl.train.recipe import Batch, run_training
+from mtl.train.recipe import run_training
 
 SHUFFLE_BUFFER_ROWS = 2_048
 # Written into the run directory by a worker whose run hit a `UserError` (config, data, backbone): Ray Train retries
@@ -35,13 +36,13 @@ def raise_if_refused(run_dir: str | Path) -> None:
 
 
 class RaySession:
-    def __init__(self, config_data: dict, run_dir: str, has_validation: bool, teacher_vectors: bool = False):
+    def __init__(self, config: Config, run_dir: str, has_validation: bool, teacher_vectors: bool = False):
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.run_dir = Path(run_dir)
-        self.micro_batch_size = int(config_data["train"]["micro_batch_size"])
-        self.seed = int(config_data["train"]["seed"])
+        self.micro_batch_size = config.train.micro_batch_size
+        self.seed = config.train.seed
         self.has_validation = has_validation
         self.teacher_vectors = teacher_vectors
         self.position = StreamPosition()
@@ -120,13 +121,14 @@ def train_worker(worker_config: dict) -> None:
 def _train(worker_config: dict) -> None:
     for name, value in worker_config.get("env", {}).items():
         os.environ.setdefault(name, value)
+    config = validate_config(worker_config["config"], source="worker config")  # the one validation on arrival
     session = RaySession(
-        worker_config["config"],
+        config,
         worker_config["run_dir"],
         worker_config["has_validation"],
         worker_config.get("teacher_vectors", False),
     )
-    threads = worker_config["config"]["scaling"].get("torch_threads")
+    threads = config.scaling.torch_threads
     if threads:
         torch.set_num_threads(threads)
     node = ray.get_runtime_context().get_node_id()
@@ -135,4 +137,4 @@ def _train(worker_config: dict) -> None:
         f"torch threads {torch.get_num_threads()}",
         flush=True,
     )
-    run_training(worker_config["config"], session)
+    run_training(config, session)

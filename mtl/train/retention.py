@@ -75,3 +75,45 @@ class StsbProbe:
             dist.all_gather_object(gathered, cosine)
             cosine = np.concatenate(gathered)
         return float(spearmanr(cosine, self.scores).statistic)  # ranks' shares are in order: pairs line up
+
+
+class NoRetention:
+    """`retain.method: none`: no term in the loss."""
+
+    name = "none"
+
+    def loss(self, pooled: torch.Tensor, inputs: dict, module: nn.Module, timer) -> torch.Tensor | None:
+        return None
+
+
+class Distill:
+    """`retain.method: distill`: `distill_loss` to the teacher's vectors, cached with the rows (`inputs["teacher"]`,
+    `mtl.train.teacher_embeddings`) or computed by an online `Teacher` in every step."""
+
+    name = "distill"
+
+    def __init__(self, teacher: Teacher | None):
+        self.teacher = teacher
+
+    def loss(self, pooled: torch.Tensor, inputs: dict, module: nn.Module, timer) -> torch.Tensor:
+        if self.teacher is None:
+            return distill_loss(pooled, inputs["teacher"])
+        with timer.phase("teacher"):
+            target = self.teacher(inputs["input_ids"], inputs["attention_mask"])
+        return distill_loss(pooled, target)
+
+
+class L2SP:
+    """`retain.method: l2sp`: `l2sp_loss` from the encoder's trainable weights as they were before training."""
+
+    name = "l2sp"
+
+    def __init__(self, model: nn.Module):
+        self.start = {
+            name: p.detach().float().clone()
+            for name, p in model.named_parameters()
+            if p.requires_grad and "heads." not in name
+        }
+
+    def loss(self, pooled: torch.Tensor, inputs: dict, module: nn.Module, timer) -> torch.Tensor:
+        return l2sp_loss(module.named_parameters(), self.start)
