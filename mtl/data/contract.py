@@ -111,7 +111,10 @@ def check_utf8(texts: pa.Array | pa.ChunkedArray, source: str, first_row: int, c
 def validate_batch(
     batch: pa.Table | pa.RecordBatch, source: str, first_row: int, config: Config, label_kind: str
 ) -> tuple[pa.Table, RowReport]:
-    """Check every row of one batch; return the clean rows and what was dropped."""
+    """Check every row of one batch; return the clean rows and what was dropped.
+
+    One function on purpose (longer than most): the checks share the batch's columns and masks, and their order
+    decides which single reason a bad row is counted under."""
     data = config.data
     task_names = config.task_names
     check_utf8(batch.column(data.text_column), source, first_row, data.text_column)

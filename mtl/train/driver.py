@@ -109,37 +109,18 @@ def train_on_ray(config: Config, plan: TrainingPlan | None = None) -> dict:
     starts); without one the pre-flight runs here."""
     os.environ.setdefault(PRINT_PATCH_ENV, "0")
     plan = plan or plan_training(config)
-    config, run_dir, train_files, counts = plan.config, str(plan.run_dir), plan.train_files, plan.counts
-    train_report = plan.train_report
     root = check_storage(str(plan.run_dir.parent))
-    print(f"data.train: {len(train_files)} files, {json.dumps(train_report.as_dict())}, rows per task {counts}")
-    datasets = {}
-    if plan.validation_files:
-        print(f"data.validation: {len(plan.validation_files)} files, {json.dumps(plan.validation_report.as_dict())}")
-        datasets["validation"] = read_rows(plan.validation_files, config)
-    teacher_files = None
-    if config.retain.method == "distill" and config.retain.teacher == "cached":
-        teacher_files, _ = teacher_embeddings(train_files, config, sum(counts.values()))
-    resume_file = str(Path(run_dir, RESUME_FILE))
-    datasets["train"], rest, epoch_rows = training_dataset(
-        train_files, config, counts, plan.weight_sums, resume_file, teacher_files
-    )
-    # Only when this job can resume mid-epoch (a checkpoint is there, or Ray Train may restart workers): Ray Train
-    # starts a split coordinator actor for every dataset it is given.
-    if config.run.max_failures != 0 or any(Path(run_dir).glob("checkpoint_*")):
-        datasets["train_rest"] = rest
-    check_rows_per_worker(epoch_rows, config)
-    config = config.with_steps_for(epoch_rows)
+    datasets, config, teacher_vectors = training_datasets(plan)
     check_cpu_budget(config)
-
-    check_or_record(run_dir, config, train_files)
+    run_dir = str(plan.run_dir)
+    check_or_record(run_dir, config, plan.train_files)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "run_dir": run_dir,
             "has_validation": "validation" in datasets,
-            "teacher_vectors": teacher_files is not None,
+            "teacher_vectors": teacher_vectors,
             "env": worker_env(config.scaling.use_gpu),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -164,21 +145,52 @@ def train_on_ray(config: Config, plan: TrainingPlan | None = None) -> dict:
         raise_if_refused(run_dir)  # a worker's config/data error, as the user error it is
         raise
     raise_if_refused(run_dir)  # the retry's workers stopped at once: training did not happen
-    wise = choose_alpha(Path(run_dir), config) if config.retain.wise_alphas else None
-    export_dir = f"{run_dir}/export"
+    return run_result(plan, config, result.checkpoint.path if result.checkpoint else None)
+
+
+def training_datasets(plan: TrainingPlan) -> tuple[dict, Config, bool]:
+    """The Ray Datasets the workers read (train, the rest of a resumed epoch, validation), the config with
+    `train.epochs` resolved for the epoch's rows, and whether training rows carry cached teacher vectors."""
+    config, run_dir, counts = plan.config, plan.run_dir, plan.counts
+    print(f"data.train: {len(plan.train_files)} files, {json.dumps(plan.train_report.as_dict())}, rows per task "
+          f"{counts}")  # fmt: skip
+    datasets = {}
+    if plan.validation_files:
+        print(f"data.validation: {len(plan.validation_files)} files, {json.dumps(plan.validation_report.as_dict())}")
+        datasets["validation"] = read_rows(plan.validation_files, config)
+    teacher_files = None
+    if config.retain.method == "distill" and config.retain.teacher == "cached":
+        teacher_files, _ = teacher_embeddings(plan.train_files, config, sum(counts.values()))
+    resume_file = str(run_dir / RESUME_FILE)
+    datasets["train"], rest, epoch_rows = training_dataset(
+        plan.train_files, config, counts, plan.weight_sums, resume_file, teacher_files
+    )
+    # Only when this job can resume mid-epoch (a checkpoint is there, or Ray Train may restart workers): Ray Train
+    # starts a split coordinator actor for every dataset it is given.
+    if config.run.max_failures != 0 or any(run_dir.glob("checkpoint_*")):
+        datasets["train_rest"] = rest
+    check_rows_per_worker(epoch_rows, config)
+    return datasets, config.with_steps_for(epoch_rows), teacher_files is not None
+
+
+def run_result(plan: TrainingPlan, config: Config, checkpoint: str | None) -> dict:
+    """The job's result: WiSE-FT's choice (if configured), the report, and what the export and history record."""
+    run_dir = plan.run_dir
+    wise = choose_alpha(run_dir, config) if config.retain.wise_alphas else None
+    export_dir = run_dir / "export"
     manifest = read_manifest(export_dir)
-    report = write_report(Path(run_dir), config, Path(export_dir))
-    measured = [record for record in read_history(Path(run_dir)) if record["kind"] == "throughput"]
-    best_dir = Path(run_dir, "best")
+    report = write_report(run_dir, config, export_dir)
+    measured = [record for record in read_history(run_dir) if record["kind"] == "throughput"]
+    best_dir = run_dir / "best"
     return {
-        "run_dir": run_dir,
-        "export_dir": export_dir,
+        "run_dir": str(run_dir),
+        "export_dir": str(export_dir),
         "best_dir": str(best_dir) if best_dir.is_dir() else None,
         "report": report,
         "throughput": {k: v for k, v in measured[-1].items() if k not in ("kind", "step")} if measured else {},
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint,
         "steps": manifest["provenance"]["steps"],
-        "rows": train_report.as_dict(),
+        "rows": plan.train_report.as_dict(),
         "metrics": manifest["metrics"],
         **({"retention": report["retention"]} if "retention" in report else {}),
         **({"targets": report["targets"]} if "targets" in report else {}),
