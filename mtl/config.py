@@ -403,7 +403,7 @@ def _format_errors(error: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check spelling; see README 'Configuration')"
+            message = "unknown key (check spelling; see docs/training.md#configuration)"
         lines.append(f"  {key}: {message}")
     return f"invalid config {source}:\n" + "\n".join(lines)
 

@@ -1,10 +1,8 @@
 """Merging concurrent calls into one batch call, used by the ingress (requests) and the encoder (ingress calls).
 
-Ray Serve's `@serve.batch` does this job, but measured here it is slower: the same app with `@serve.batch`
-(`batch_wait_timeout_s=0`) on the ingress and the encoder answered 88 req/s at concurrency 32 and 24-26 ms p50 at
-concurrency 1, with this class 129-134 req/s and 21.5 ms (Ray 2.60, 2 cores, RAY_SERVE_THROUGHPUT_OPTIMIZED=1 with
-HAProxy, 2 ingress replicas, fp32, two runs each; README "Serving"). Why `@serve.batch` costs more here was not
-established. Here an idle caller runs its batch itself instead of handing it to a background loop. Same
+Ray Serve's `@serve.batch` does this job, but it was slower in this app at both concurrency 32 and 1
+(docs/benchmarks.md, "Own batcher against @serve.batch"); why was not established. Here an idle caller runs its
+batch itself instead of handing it to a background loop. Same
 contract: a list of items in, a list of results out, in order; runtime-settable size and wait; a batch is
 everything that queued while the previous one ran, optionally after waiting `wait_s` to fill.
 

@@ -18,7 +18,7 @@ import yaml
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "serve_config.yaml"
 APP_NAME = "mtl"
-# The request path the shipped config is measured with (README, jobs.bench.serve): Serve's throughput-optimised
+# The request path the shipped config is measured with (docs/serving.md, jobs.bench.serve): Serve's throughput-optimised
 # mode (requests go straight to the ingress replicas, gRPC between deployments) behind its HAProxy ingress. Ray
 # reads these when its processes start, so they are set here, in cluster/local.sh, `make serve` and the RayService.
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
@@ -43,7 +43,7 @@ class LocalServe:
         import ray
         from ray import serve
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; see README on cluster auth
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; see docs/cluster.md on cluster auth
         for key, value in SERVE_ENV.items():
             os.environ.setdefault(key, value)
         if not ray.is_initialized():

@@ -7,7 +7,7 @@ set. Ranks write into their own directories, which Ray Train merges into one che
 the merged directory against every rank's manifest before DeepSpeed or torch opens a file in it.
 
 Without the key the hashes catch corruption and accidental swaps, not someone who can rewrite a manifest as well.
-The trust model (what the key protects and what it does not) is the README's "Checkpoint trust" section.
+The trust model (what the key protects and what it does not) is in docs/trust.md.
 """
 
 from __future__ import annotations

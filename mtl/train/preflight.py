@@ -38,7 +38,7 @@ class TrainingPlan:
 
 
 def check_storage_path(config: Config) -> Path:
-    """The run directory, `<storage root>/<run.name>`; object-store URIs are refused (see README, "Storage")."""
+    """The run directory, `<storage root>/<run.name>`; object-store URIs are refused (docs/cluster.md, "Storage")."""
     path = config.run.storage_path
     if "://" in path:
         raise ConfigError(
