@@ -36,7 +36,7 @@ def test_a_ray_shard_without_one_full_micro_batch_raises_instead_of_spinning(mon
     monkeypatch.setattr(ray_session.ray.train, "get_dataset_shard", lambda name: EmptyShard())
     session = object.__new__(ray_session.RaySession)
     session.__dict__.update(rank=1, micro_batch_size=32, seed=0, position=StreamPosition())
-    with pytest.raises(RuntimeError, match=r"rank 1: .*fewer rows than one micro batch \(train.micro_batch_size=32\)"):
+    with pytest.raises(ConfigError, match=r"rank 1: .*fewer rows than one micro batch \(train.micro_batch_size=32\)"):
         next(session.train_batches())
     assert calls == [32]  # one epoch tried, not an endless loop
 
