@@ -10,18 +10,17 @@ from pathlib import Path
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.util.queue import Empty, Queue
 
 from mtl.config import Config, ConfigError
 from mtl.data.ray_datasets import read_rows, training_dataset
 from mtl.data.stream_position import RESUME_FILE
-from mtl.export_format import read_manifest
 from mtl.train.checkpoint_integrity import KEY_ID_ENV, TRUST_ENV, checkpoint_key, key_id
 from mtl.train.preflight import TrainingPlan, check_rows_per_worker, plan_training
 from mtl.train.ray_session import REFUSED_FILE, raise_if_refused, train_worker
-from mtl.train.report import read_history, write_report
 from mtl.train.run_record import check_or_record
+from mtl.train.run_result import finish_run
 from mtl.train.teacher_embeddings import teacher_embeddings
-from mtl.train.wise_ft import choose_alpha
 
 
 def storage_root(config: Config) -> str:
@@ -114,6 +113,9 @@ def train_on_ray(config: Config, plan: TrainingPlan | None = None) -> dict:
     check_cpu_budget(config)
     run_dir = str(plan.run_dir)
     check_or_record(run_dir, config, plan.train_files)
+    # Rank 0 puts what `run_training` returned here: Ray Train 2.60 drops the train function's return value, and its
+    # `Result.metrics` holds only what was reported with the last checkpoint. Zero CPUs: it must not take Ray Data's.
+    results = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -121,6 +123,7 @@ def train_on_ray(config: Config, plan: TrainingPlan | None = None) -> dict:
             "run_dir": run_dir,
             "has_validation": "validation" in datasets,
             "teacher_vectors": teacher_vectors,
+            "results": results,
             "env": worker_env(config.scaling.use_gpu),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -145,7 +148,12 @@ def train_on_ray(config: Config, plan: TrainingPlan | None = None) -> dict:
         raise_if_refused(run_dir)  # a worker's config/data error, as the user error it is
         raise
     raise_if_refused(run_dir)  # the retry's workers stopped at once: training did not happen
-    return run_result(plan, config, result.checkpoint.path if result.checkpoint else None)
+    try:
+        trained = results.get(timeout=60)
+    except Empty:
+        raise RuntimeError("training finished but rank 0 returned no result") from None
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    return finish_run(plan.run_dir, config, trained, plan.train_report, checkpoint)
 
 
 def training_datasets(plan: TrainingPlan) -> tuple[dict, Config, bool]:
@@ -171,28 +179,3 @@ def training_datasets(plan: TrainingPlan) -> tuple[dict, Config, bool]:
         datasets["train_rest"] = rest
     check_rows_per_worker(epoch_rows, config)
     return datasets, config.with_steps_for(epoch_rows), teacher_files is not None
-
-
-def run_result(plan: TrainingPlan, config: Config, checkpoint: str | None) -> dict:
-    """The job's result: WiSE-FT's choice (if configured), the report, and what the export and history record."""
-    run_dir = plan.run_dir
-    wise = choose_alpha(run_dir, config) if config.retain.wise_alphas else None
-    export_dir = run_dir / "export"
-    manifest = read_manifest(export_dir)
-    report = write_report(run_dir, config, export_dir)
-    measured = [record for record in read_history(run_dir) if record["kind"] == "throughput"]
-    best_dir = run_dir / "best"
-    return {
-        "run_dir": str(run_dir),
-        "export_dir": str(export_dir),
-        "best_dir": str(best_dir) if best_dir.is_dir() else None,
-        "report": report,
-        "throughput": {k: v for k, v in measured[-1].items() if k not in ("kind", "step")} if measured else {},
-        "checkpoint": checkpoint,
-        "steps": manifest["provenance"]["steps"],
-        "rows": plan.train_report.as_dict(),
-        "metrics": manifest["metrics"],
-        **({"retention": report["retention"]} if "retention" in report else {}),
-        **({"targets": report["targets"]} if "targets" in report else {}),
-        **({"wise_ft": wise} if wise else {}),
-    }

@@ -24,9 +24,8 @@ from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
 from mtl.data.stream_position import EPOCH_END, StreamPosition
 from mtl.train.preflight import check_backbone, check_storage_path, check_tasks_have_rows
 from mtl.train.recipe import run_training
-from mtl.train.report import write_report
 from mtl.train.run_record import check_or_record
-from mtl.train.wise_ft import choose_alpha
+from mtl.train.run_result import finish_run
 
 
 def ensure_single_process_group(use_gpu: bool) -> None:
@@ -138,8 +137,4 @@ def train_locally(config: Config) -> dict:
     config = session.config = config.model_copy(update={"data": data})
     check_or_record(session.run_dir, config, session.train_files)
     ensure_single_process_group(config.scaling.use_gpu)
-    result = run_training(config, session)
-    if config.retain.wise_alphas:
-        result["wise_ft"] = choose_alpha(session.run_dir, config)
-    report = write_report(session.run_dir, config, Path(result["export_dir"]))
-    return {"run_dir": str(session.run_dir), "rows": session.train_report.as_dict(), "report": report, **result}
+    return finish_run(session.run_dir, config, run_training(config, session), session.train_report)

@@ -137,4 +137,6 @@ def _train(worker_config: dict) -> None:
         f"torch threads {torch.get_num_threads()}",
         flush=True,
     )
-    run_training(config, session)
+    result = run_training(config, session)
+    if session.rank == 0 and worker_config.get("results") is not None:
+        worker_config["results"].put(result)  # what training returned, to the driver (Ray Train drops it)
