@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mtl.export_format import is_export
+from mtl.export_format import MANIFEST_FILE, is_export
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR_ENV = "MTL_MODEL_DIR"
@@ -61,5 +61,5 @@ class AppArgs(BaseModel):
             path = (Path.cwd() / path) if (Path.cwd() / path).is_dir() else PROJECT_ROOT / path
         if not is_export(path):
             source = f"${MODEL_DIR_ENV}" if os.environ.get(MODEL_DIR_ENV) else "args.model_dir"
-            raise FileNotFoundError(f"{source}={raw!r}: {path} is not an export directory (no mtl.json)")
+            raise FileNotFoundError(f"{source}={raw!r}: {path} is not an export directory (no {MANIFEST_FILE})")
         return path.resolve()  # pins the published version: retraining moves the symlink, not these files

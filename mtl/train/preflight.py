@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from mtl.config import Config, ConfigError
 from mtl.data.contract import DataError, RowReport, check_schema, expand_paths
-from mtl.export_format import is_export
+from mtl.export_format import MANIFEST_FILE, is_export
 
 # torch, transformers and Ray are imported where first needed, after the cheap checks: a glob typo or a missing
 # column is refused before any of them loads (a few seconds each on a small machine).
@@ -62,8 +62,8 @@ def resolved_model_paths(config: Config) -> Config:
         init_from = Path(config.model.init_from).expanduser()
         if not is_export(init_from):
             raise ConfigError(
-                f"model.init_from={config.model.init_from!r}: not an export directory (no mtl.json; relative paths "
-                f"start at {Path.cwd()})"
+                f"model.init_from={config.model.init_from!r}: not an export directory (no {MANIFEST_FILE}; "
+                f"relative paths start at {Path.cwd()})"
             )
         updates["init_from"] = str(init_from.resolve())
     backbone = Path(config.model.backbone).expanduser()
