@@ -93,6 +93,14 @@ def check_schema(schema: pa.Schema, source: str, data: DataConfig) -> str:
     return _kind(schema.field(data.label_column).type)
 
 
+def read_schema(path: str, key: str) -> pa.Schema:
+    """A Parquet file's schema from its footer; an error naming the flag or key and the file if it is not Parquet."""
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"{key}: {path}: not a readable Parquet file ({error})") from None
+
+
 def check_utf8(texts: pa.Array | pa.ChunkedArray, source: str, first_row: int, column: str) -> None:
     """Refuse a string column holding invalid UTF-8 (Parquet does not check it on write or read), naming the row."""
     try:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 from ray.data import Datasink
 
-from mtl.data.contract import DataError, check_utf8, expand_paths
+from mtl.data.contract import DataError, check_utf8, expand_paths, read_schema
 from mtl.errors import UserError
 from mtl.export_format import UnknownTask, read_manifest, select_tasks
 
@@ -71,7 +71,7 @@ def check_inputs(options: EmbedOptions) -> tuple[list[str], dict]:
     counts = {"rows_in": 0, "skipped": {}}
     needed = [options.text_column, *options.keep_columns]
     for path in files:
-        schema = parquet_schema(path, "--input")
+        schema = read_schema(path, "--input")
         missing = [name for name in needed if name not in schema.names]
         if missing:
             raise DataError(f"{path}: no column(s) {missing} (has {schema.names}); see --text-column/--keep-columns")
@@ -116,14 +116,6 @@ def check_output(options: EmbedOptions, files: list[str]) -> Path:
                 "only an earlier job's output: choose another --output or empty it yourself"
             )
     return output
-
-
-def parquet_schema(path: str, key: str) -> pa.Schema:
-    """A Parquet file's schema from its footer; an error naming the file if it is not Parquet."""
-    try:
-        return pq.read_schema(path)
-    except (OSError, pa.ArrowException) as error:
-        raise DataError(f"{key}: {path}: not a readable Parquet file ({error})") from None
 
 
 def read_text_column(path: str, column: str) -> pa.ChunkedArray:
@@ -171,8 +163,7 @@ class EmbedBatch:
         if len(keep):
             kept = texts.take(pa.array(keep)).to_pylist()
             pooled[keep] = self.model.encode(kept, batch_size=64).numpy()  # (B, H) float32
-        vectors = self.normalize_rows(pooled) if options.normalize else pooled
-        vectors[skip] = 0.0
+        vectors = self.normalize_rows(pooled) if options.normalize else pooled  # skipped rows stay zero
         columns = {name: batch.column(name) for name in options.keep_columns}
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(
             pa.array(vectors.reshape(-1)), self.model.dim, mask=pa.array(skip)
@@ -242,13 +233,19 @@ class RowOrderedParquet(Datasink):
     input position (`ROW`) travels through the pipeline, every write task sorts its rows by it and cuts them
     where positions jump. File names sort in input order whatever order the blocks arrived in."""
 
-    def __init__(self, directory: Path, rows_per_file: int = 65_536):
+    def __init__(self, directory: Path, rows_per_write: int = 65_536):
         self.directory = directory
-        self.rows_per_file = rows_per_file
+        self.rows_per_write = rows_per_write
+        self.rows_written = 0
 
     @property
     def min_rows_per_write(self) -> int:
-        return self.rows_per_file
+        """Rows Ray Data gathers for one write task (so files are per run of at least this many rows)."""
+        return self.rows_per_write
+
+    def on_write_complete(self, write_result) -> None:
+        """On the driver, after every write task: the rows written (skipped rows not counted)."""
+        self.rows_written = int(sum(write_result.write_returns))  # Ray hands them back as numpy ints
 
     def write(self, blocks, ctx) -> int:
         from ray.data.block import BlockAccessor
@@ -293,12 +290,12 @@ def run_embedding(plan: EmbedPlan) -> dict:
         num_gpus=options.gpus_per_actor or None,
     )
     try:
-        embedded.write_datasink(RowOrderedParquet(staging))
+        sink = RowOrderedParquet(staging)
+        embedded.write_datasink(sink)
         staging.mkdir(parents=True, exist_ok=True)  # all rows skipped: an empty output, still marked
-        rows_out = sum(pq.read_metadata(path).num_rows for path in staging.glob("*.parquet"))
         summary = {
             "rows_in": plan.counts["rows_in"],
-            "rows_out": rows_out,
+            "rows_out": sink.rows_written,
             "skipped": plan.counts["skipped"],
             "output": str(output),
             "files_in": len(plan.files),

@@ -99,7 +99,7 @@ def write_manifest(directory: str | Path, rank: int, world_size: int, key: bytes
     return path
 
 
-def read_manifest(directory: Path, name: str, key: bytes | None) -> dict:
+def read_rank_manifest(directory: Path, name: str, key: bytes | None) -> dict:
     """One rank's manifest, its signature checked first when there is a key."""
 
     def fail(problem: str) -> CheckpointIntegrityError:
@@ -145,7 +145,7 @@ def verify_checkpoint(directory: str | Path, key: bytes | None) -> str:
             f"checkpoint is one your runs wrote, set {TRUST_ENV}={directory} to resume from it once; its next "
             "checkpoints get manifests",
         )
-    manifests = {name: read_manifest(directory, name, key) for name in names}
+    manifests = {name: read_rank_manifest(directory, name, key) for name in names}
     world_size = manifests[names[0]]["world_size"]
     for rank in range(world_size):
         if MANIFEST.format(rank=rank) not in manifests:

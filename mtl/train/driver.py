@@ -23,11 +23,6 @@ from mtl.train.run_result import finish_run
 from mtl.train.teacher_embeddings import teacher_embeddings
 
 
-def storage_root(config: Config) -> str:
-    """`run.storage_path` as an absolute path every node sees (`check_storage`)."""
-    return str(Path(config.run.storage_path).expanduser().resolve())
-
-
 def storage_visibility(root: str) -> dict[str, bool]:
     """Node IP -> whether a marker this driver writes under `root` is visible there (a zero-CPU task per alive node)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from mtl.config import Config, ConfigError
-from mtl.data.contract import DataError, RowReport, check_schema, expand_paths
+from mtl.data.contract import DataError, RowReport, check_schema, expand_paths, read_schema
 from mtl.export_format import MANIFEST_FILE, is_export
 
 # torch, transformers and Ray are imported where first needed, after the cheap checks: a glob typo or a missing
@@ -116,11 +114,7 @@ def check_backbone(config: Config) -> None:
 def check_schemas(files: list[str], config: Config) -> None:
     """Every file's contract columns and types from its footer, before any row is read."""
     for path in files:
-        try:
-            schema = pq.read_schema(path)
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: not a readable Parquet file ({error})") from None
-        check_schema(schema, path, config.data)
+        check_schema(read_schema(path, "data"), path, config.data)
 
 
 def check_rows_per_worker(epoch_rows: int, config: Config) -> None:

@@ -53,9 +53,9 @@ def trainable_parameters(config: Config) -> dict[str, int]:
 
 
 def run_trial(config: Config) -> dict:
-    from mtl.train.driver import storage_root, train_on_ray
+    from mtl.train.driver import train_on_ray
 
-    previous = Path(storage_root(config), config.run.name)
+    previous = config.run.run_dir()
     if previous.exists():
         print(f"removing the previous comparison's {previous}", flush=True)
         shutil.rmtree(previous)
