@@ -145,25 +145,26 @@ def test_the_writer_puts_rows_in_input_order_whatever_order_blocks_arrive_in(tmp
 @pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_every_row_matches_its_reference_at_the_same_position_on_repeated_runs(tiny_export, tmp_path):
-    """Many row groups, small batches, two actors, skipped rows: run twice, compare every vector by position."""
+    """7,600 texts (the size the order bug was reported on) in 4 files of 256-row groups, batches of 64, two actors,
+    skipped rows: run twice, compare every vector with the per-row reference by position."""
     import ray
 
     rng = np.random.default_rng(1)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 30)))) + f" {i}" for i in range(3000)]
-    for i in (5, 1234, 2999):
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 30)))) + f" {i}" for i in range(7600)]
+    for i in (5, 1234, 3840, 7599):
         texts[i] = " "
-    for part in range(3):
-        table = pa.table({"text": texts[part * 1000 : (part + 1) * 1000]})
+    for part in range(4):
+        table = pa.table({"text": texts[part * 1900 : (part + 1) * 1900]})
         (tmp_path / "in").mkdir(exist_ok=True)
-        pq.write_table(table, tmp_path / "in" / f"part-{part}.parquet", row_group_size=128)
+        pq.write_table(table, tmp_path / "in" / f"part-{part}.parquet", row_group_size=256)
     kept = [text for text in texts if text.strip()]
     reference = ExportedModel.load(tiny_export).embed(kept)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         for run in range(2):
             job = options(
-                tiny_export, tmp_path, output=str(tmp_path / f"out{run}"), batch_size=32, actors=2,
+                tiny_export, tmp_path, output=str(tmp_path / f"out{run}"), batch_size=64, actors=2,
                 cpus_per_actor=0.5, threads=1, on_empty="skip",
             )  # fmt: skip
             summary = run_embedding(plan_embedding(job))
