@@ -49,15 +49,47 @@ class ModelConfig(Section):
     """An export directory whose encoder and heads initialise training (e.g. to retrain one head)."""
 
 
+TaskType = Literal["classification", "pair_classification", "similarity", "multilabel"]
+# What each task type reads from a row besides `text` (the data contract's columns, by their config key).
+TASK_COLUMNS: dict[str, tuple[str, ...]] = {
+    "classification": ("label_column",),
+    "pair_classification": ("text_pair_column", "label_column"),
+    "similarity": ("text_pair_column", "score_column"),
+    "multilabel": ("labels_column",),
+}
+PAIR_TYPES = ("pair_classification", "similarity")
+# Validation metrics per task type (higher is better, except loss); the first is the type's primary metric.
+TYPE_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("macro_f1", "accuracy"),
+    "pair_classification": ("macro_f1", "accuracy"),
+    "similarity": ("spearman", "pearson"),
+    "multilabel": ("micro_f1", "macro_f1"),
+}
+# Multi-label targets travel through training as a bit set in one int64 per row.
+MAX_MULTILABEL_LABELS = 63
+
+
 class TaskConfig(Section):
-    labels: list[str] = Field(min_length=2)
-    """Label names; a label's id is its position in this list."""
+    type: TaskType = "classification"
+    """classification: one text -> one label (softmax head); pair_classification: two texts -> one label (head over
+    [u, v, |u-v|, u*v] of their pooled vectors); similarity: two texts -> a score, trained on the cosine of their
+    normalised embeddings (no head: the encoder itself learns); multilabel: one text -> a set of labels (sigmoid head,
+    per-label thresholds chosen on validation)."""
+    labels: list[str] = Field(default_factory=list)
+    """Label names; a label's id is its position in this list (none for `similarity`)."""
+    score_range: tuple[float, float] | None = None
+    """`similarity`: the lowest and highest score in the data (e.g. [0, 5] for STS-B); scores map linearly to
+    cosines 0..1 (`cosine_mse`) and served scores back to this range."""
+    similarity_loss: Literal["cosine_mse", "cosent"] = "cosine_mse"
+    """`similarity`: cosine_mse = (cos(u, v) - scaled score)^2 (sentence-transformers' CosineSimilarityLoss);
+    cosent = the CoSENT ranking loss over the batch's pairs (only the order of scores matters)."""
     loss_weight: float = Field(1.0, gt=0)
-    """Weight of this task's mean cross-entropy in the summed loss."""
+    """Weight of this task's mean loss in the summed loss."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     """Cross-entropy label smoothing for this task's training loss (validation loss stays plain)."""
     target_accuracy: float | None = Field(None, gt=0, le=1)
-    """Accuracy the export should reach on data.validation; the run result and report.json say whether it does."""
+    """Accuracy the export should reach on data.validation (classification types; `similarity`: Spearman,
+    `multilabel`: micro-F1); the run result and report.json say whether it does."""
     may_be_empty: bool = False
     """Allow this task to have no training rows (its head then keeps its starting weights); otherwise a task without
     rows is refused before training starts."""
@@ -70,6 +102,56 @@ class TaskConfig(Section):
             raise ValueError(f"label names must be unique, repeated: {duplicates}")
         return labels
 
+    @model_validator(mode="after")
+    def _fits_type(self) -> TaskConfig:
+        if self.type == "similarity":
+            if self.labels:
+                raise ValueError("a similarity task has no labels (it is trained on scores); remove labels")
+            if self.score_range is None or not self.score_range[0] < self.score_range[1]:
+                raise ValueError("a similarity task needs score_range: [lowest, highest] with lowest < highest")
+            if self.label_smoothing:
+                raise ValueError("label_smoothing applies to classification types, not similarity")
+            return self
+        if self.score_range is not None:
+            raise ValueError(f"score_range is for similarity tasks, this task's type is {self.type}")
+        least = 1 if self.type == "multilabel" else 2
+        if len(self.labels) < least:
+            raise ValueError(f"a {self.type} task needs at least {least} label names, got {self.labels}")
+        if self.type == "multilabel":
+            if len(self.labels) > MAX_MULTILABEL_LABELS:
+                raise ValueError(f"a multilabel task has at most {MAX_MULTILABEL_LABELS} labels")
+            if self.label_smoothing:
+                raise ValueError("label_smoothing applies to single-label types, not multilabel")
+        return self
+
+    @property
+    def is_pair(self) -> bool:
+        return self.type in PAIR_TYPES
+
+    @property
+    def has_head(self) -> bool:
+        return self.type != "similarity"
+
+    @property
+    def head_outputs(self) -> int:
+        return len(self.labels)
+
+
+class SourceConfig(Section):
+    """A Parquet source whose columns differ from the contract, e.g. STS-B's sentence1/sentence2/score: every row
+    belongs to `task`, `columns` maps contract names to the file's, and `holdout` sets a validation part aside."""
+
+    path: str
+    """Parquet file or glob."""
+    task: str
+    """Every row of these files belongs to this task (the files need no task column)."""
+    columns: dict[Literal["text", "text_pair", "label", "score", "labels"], str] = Field(default_factory=dict)
+    """Contract column -> the file's column, e.g. {text: sentence1, text_pair: sentence2}; unnamed ones keep the
+    data section's names."""
+    holdout: float | None = Field(None, gt=0, lt=1)
+    """Fraction of rows held out for validation, chosen by a hash of each row's texts (the same rows every read,
+    duplicates on the same side): training reads the rest, validation the held-out part."""
+
 
 class DataConfig(Section):
     train: list[str] = Field(default_factory=list)
@@ -81,7 +163,16 @@ class DataConfig(Section):
     task_column: str = "task"
     """Column holding the task name of each row."""
     label_column: str = "label"
-    """Column holding the label: an integer id or the label's name."""
+    """Column holding the label: an integer id or the label's name (classification and pair tasks)."""
+    text_pair_column: str = "text_pair"
+    """Column holding the second text of a pair row (pair_classification and similarity tasks; null otherwise)."""
+    score_column: str = "score"
+    """Column holding a similarity row's score (a number within the task's score_range)."""
+    labels_column: str = "labels"
+    """Column holding a multilabel row's labels: a list of ids or of label names (may be empty)."""
+    sources: list[SourceConfig] = Field(default_factory=list)
+    """Extra training sources with their own columns and one task each (see SourceConfig), read beside data.train;
+    their `holdout` parts are read beside data.validation."""
     sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
     """How tasks are mixed: by size, by size^(1/temperature), or equally."""
     temperature: float = Field(2.0, gt=0)
@@ -202,6 +293,9 @@ class TrainConfig(Section):
     """Save a checkpoint every this many optimizer steps (and at the end)."""
     log_every: int = Field(20, ge=1)
     """Print a progress line every this many optimizer steps."""
+    select_metrics: list[str] = Field(default_factory=list)
+    """What "best checkpoint" means: the mean of these `task.metric` validation figures (e.g. [topic.accuracy,
+    stsb.spearman]); empty = every task's primary metric (macro_f1; similarity: spearman; multilabel: micro_f1)."""
     log_rows: bool = False
     """Write the ids, epochs and task ids of the rows every step trained on to `<run_dir>/trained_rows/` (one JSON
     line per step and rank; a resume cuts it back to its checkpoint, so it lists the rows behind the final model)."""
@@ -280,7 +374,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The encoder and how it pools."""
     tasks: dict[str, TaskConfig] = Field(min_length=1)
-    """Task name -> labels and loss weight; one linear head each."""
+    """Task name -> type, labels and loss weight; one head each (similarity tasks train the encoder itself)."""
     data: DataConfig = Field(default_factory=DataConfig)
     """Where rows come from and how tasks are mixed."""
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -325,6 +419,20 @@ class Config(Section):
                 f"retain.method={self.retain.method} with finetune.strategy=head_only: the encoder does "
                 "not train, so there is nothing to retain; set retain.method=none"
             )
+        unknown = [source.task for source in self.data.sources if source.task not in self.tasks]
+        if unknown:
+            raise ValueError(f"data.sources names unknown task(s) {unknown}; tasks are {list(self.tasks)}")
+        similarity = [name for name, task in self.tasks.items() if task.type == "similarity"]
+        if similarity and self.finetune.strategy == "head_only":
+            raise ValueError(
+                f"similarity task(s) {similarity} train the encoder itself, which finetune.strategy=head_only "
+                "freezes; use lora, partial or full"
+            )
+        for entry in self.train.select_metrics:
+            task, _, metric = entry.partition(".")
+            if task not in self.tasks or metric not in TYPE_METRICS[self.tasks[task].type]:
+                known = [f"{name}.{m}" for name, t in self.tasks.items() for m in TYPE_METRICS[t.type]]
+                raise ValueError(f"train.select_metrics: {entry!r} is not a task's metric; choose from {known}")
         if self.retain.method == "l2sp" and self.deepspeed.zero_stage == 3:
             raise ValueError("retain.method=l2sp needs whole parameters on every rank; use deepspeed.zero_stage <= 2")
         if self.train.precision == "fp16" and not self.scaling.use_gpu:

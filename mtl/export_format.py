@@ -16,13 +16,15 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mtl.errors import UserError
 
 MANIFEST_FILE = "mtl.json"
 HEADS_DIR = "heads"
-FORMAT_VERSION = 2  # 2: heads carry task/labels/encoder metadata, mtl.json the encoder fingerprint
+FORMAT_VERSION = 3  # 2: heads carry task/labels/encoder metadata, mtl.json the encoder fingerprint; 3: task types
 # Task names become file names (heads/<task>.safetensors): plain names only, as the config allows.
 TASK_NAME = r"^[A-Za-z0-9_-]+$"
 
@@ -35,9 +37,30 @@ class UnknownTask(UserError):
     """A task name the export does not have."""
 
 
+TASK_TYPES = ("classification", "pair_classification", "similarity", "multilabel")
+
+
 class TaskEntry(BaseModel):
+    """One task of an export. `type` (absent in exports before task types: classification); `labels` in id order
+    (none for similarity); multilabel: `thresholds`, one per label, chosen on validation; similarity: `score_range`,
+    the data's score scale (cosines 0..1 map linearly onto it); `validation`: the task's validation metrics."""
+
     model_config = ConfigDict(extra="allow")
-    labels: list[str] = Field(min_length=1)
+    type: Literal["classification", "pair_classification", "similarity", "multilabel"] = "classification"
+    labels: list[str] = Field(default_factory=list)
+    thresholds: list[float] | None = None
+    score_range: tuple[float, float] | None = None
+    validation: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> TaskEntry:
+        if self.type == "similarity" and self.score_range is None:
+            raise ValueError("a similarity task needs score_range")
+        if self.type != "similarity" and not self.labels:
+            raise ValueError(f"a {self.type} task needs labels")
+        if self.thresholds is not None and len(self.thresholds) != len(self.labels):
+            raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+        return self
 
 
 class Manifest(BaseModel):
@@ -101,14 +124,34 @@ def write_manifest(export_dir: str | Path, manifest: dict) -> None:
 
 
 def task_labels(manifest: dict) -> dict[str, list[str]]:
-    """Task name -> label names in id order, in head order."""
-    return {name: list(task["labels"]) for name, task in manifest["tasks"].items()}
+    """Task name -> label names in id order (empty for similarity tasks), in head order."""
+    return {name: list(task.get("labels", [])) for name, task in manifest["tasks"].items()}
+
+
+def task_type(manifest: dict, task: str) -> str:
+    return manifest["tasks"][task].get("type", "classification")
+
+
+def task_info(manifest: dict) -> dict[str, dict]:
+    """Task name -> type, labels, and what the type adds (thresholds, score_range) and its validation metrics."""
+    info = {}
+    for name, entry in manifest["tasks"].items():
+        kind = entry.get("type", "classification")
+        item = {"type": kind, "labels": list(entry.get("labels", []))}
+        if kind == "multilabel":
+            item["thresholds"] = entry.get("thresholds") or [0.5] * len(item["labels"])
+        if kind == "similarity":
+            item["score_range"] = list(entry["score_range"])
+        item["validation"] = entry.get("validation", {})
+        info[name] = item
+    return info
 
 
 def model_info(manifest: dict) -> dict:
     """What a client may know about an export: tasks and labels, pooling, dimension, provenance, metrics."""
     return {
         "tasks": task_labels(manifest),
+        "task_info": task_info(manifest),
         "pooling": manifest["pooling"],
         "dim": int(manifest["hidden_size"]),
         "max_seq_length": int(manifest["max_seq_length"]),

@@ -124,7 +124,8 @@ DEFAULT_TASKS = {"sentiment": SENTIMENT, "topic": TOPIC}
 
 def make_tiny_export(directory: Path, backbone: Path, pooling: str = "mean", tasks: dict | None = None) -> Path:
     """An export (as jobs.train writes it) of the untrained tiny model with random heads; no training needed.
-    `tasks`: name -> labels (default: sentiment and topic)."""
+    `tasks`: name -> labels, or name -> a task config dict (type, labels, score_range; default: sentiment and
+    topic)."""
     from mtl.inference.export import export_model
     from mtl.model.backbone import load_tokenizer
     from mtl.model.multitask import build_model
@@ -132,7 +133,11 @@ def make_tiny_export(directory: Path, backbone: Path, pooling: str = "mean", tas
     config = validate_config(
         {
             "model": {"backbone": str(backbone), "max_seq_length": 32, "pooling": pooling},
-            "tasks": {name: {"labels": labels} for name, labels in (tasks or DEFAULT_TASKS).items()},
+            "finetune": {"strategy": "full"},  # what a run with a similarity task needs; the export is the same
+            "tasks": {
+                name: spec if isinstance(spec, dict) else {"labels": spec}
+                for name, spec in (tasks or DEFAULT_TASKS).items()
+            },
         }
     )
     model = build_model(config)

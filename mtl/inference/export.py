@@ -9,9 +9,10 @@ export/
   config.json, model.safetensors, tokenizer files   the encoder (LoRA merged), Hugging Face format
   modules.json, sentence_bert_config.json           so `SentenceTransformer(export)` loads it
   1_Pooling/config.json, 2_Normalize/               the configured pooling, then L2 normalisation
-  heads/<task>.safetensors                          weight (n_labels, hidden), bias (n_labels,); metadata task,
-                                                    labels, encoder fingerprint
-  mtl.json                                          pooling, max_seq_length, tasks, encoder_fingerprint, config,
+  heads/<task>.safetensors                          weight (n_labels, in), bias (n_labels,); metadata task,
+                                                    type, labels, encoder fingerprint (no file for similarity)
+  mtl.json                                          pooling, max_seq_length, tasks (type, labels, thresholds,
+                                                    score_range, validation), encoder_fingerprint, config,
                                                     metrics, provenance
 """
 
@@ -77,6 +78,18 @@ def publish(version: Path, directory: Path) -> Path:
     return directory
 
 
+def task_entry(task, metrics: dict) -> dict:
+    """A task's `mtl.json` entry: type and labels, multilabel thresholds / similarity score range, and its
+    validation figures (scalars only)."""
+    entry: dict = {"type": task.type, "labels": list(task.labels)}
+    if task.type == "multilabel":
+        entry["thresholds"] = [float(t) for t in metrics.get("thresholds", [0.5] * len(task.labels))]
+    if task.type == "similarity":
+        entry["score_range"] = list(task.score_range)
+    entry["validation"] = {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+    return entry
+
+
 def export_model(model: MultiTaskModel, config: Config, tokenizer, directory: Path, metrics: dict, steps: int) -> Path:
     """Write everything inference needs (and nothing else) to a new version and publish it as `directory`."""
     hf_logging.disable_progress_bar()  # one log line per export, not tqdm bars per shard
@@ -102,14 +115,15 @@ def _write_export(model: MultiTaskModel, config: Config, tokenizer, staging: Pat
     _sentence_transformers_files(staging, model.pooling, config.model.max_seq_length)
     fingerprint = weights_fingerprint(encoder)
     for name, head in model.heads.items():
-        save_head(head, head_path(staging, name), name, config.tasks[name].labels, fingerprint)
+        task = config.tasks[name]
+        save_head(head, head_path(staging, name), name, task.labels, fingerprint, task.type)
     manifest = {
         "format_version": FORMAT_VERSION,
         "pooling": model.pooling,
         "max_seq_length": config.model.max_seq_length,
         "hidden_size": hidden_size,
         "encoder_fingerprint": fingerprint,
-        "tasks": {name: {"labels": list(task.labels)} for name, task in config.tasks.items()},
+        "tasks": {name: task_entry(task, metrics.get(name, {})) for name, task in config.tasks.items()},
         "config": config.model_dump(mode="json"),
         "metrics": metrics,
         "provenance": {

@@ -26,6 +26,7 @@ from mtl.export_format import model_info as model_info
 from mtl.export_format import read_manifest as read_manifest
 from mtl.export_format import select_tasks as select_tasks
 from mtl.export_format import task_labels as task_labels
+from mtl.export_format import task_type as task_type
 from mtl.model.heads import build_heads, check_head, load_head_into
 from mtl.model.pooling import cosine_similarity, normalize, pool
 from mtl.model.precision import autocast
@@ -45,6 +46,9 @@ def load_task_head(
         raise UnknownTask(f"{export_dir}: no task {task!r}; the export has {list(manifest['tasks'])}")
     path = head_path(export_dir, task, head_file)
     labels = list(manifest["tasks"][task]["labels"])
+    kind = task_type(manifest, task)
+    if kind == "similarity":
+        raise UnknownTask(f"{export_dir}: task {task!r} is a similarity task, it has no head (its score is a cosine)")
     encoder = manifest.get("encoder_fingerprint")
     if head_file and encoder is None:
         raise ExportError(
@@ -52,8 +56,8 @@ def load_task_head(
             f"re-export it before rolling out head_file={head_file}"
         )
     if encoder is not None:
-        check_head(path, task, labels, encoder)
-    head = build_heads(int(manifest["hidden_size"]), {task: len(labels)})[task]
+        check_head(path, task, labels, encoder, kind)
+    head = build_heads(int(manifest["hidden_size"]), {task: (kind, len(labels))})[task]
     load_head_into(head, path)  # raises naming the file on a shape mismatch
     return head.eval()
 

@@ -1,9 +1,14 @@
-"""Task heads: one `Linear(hidden, n_labels)` per task, fed the pooled, un-normalised vector.
+"""Task heads: one `Linear` per task that has one, fed pooled, un-normalised vectors.
 
-On disk a head is `heads/<task>.safetensors` with `weight (n_labels, hidden)` and `bias (n_labels,)`, and in its
-safetensors metadata the task name, the label names in id order and the fingerprint of the encoder it was trained
-with (`weights_fingerprint`). Loading checks all three against what the reader expects, so a head for another task,
-another label order or another encoder is refused by name, never served as a plausible-looking wrong answer.
+- classification, multilabel: `Linear(hidden, n_labels)` over the text's vector (softmax / per-label sigmoid);
+- pair_classification: `Linear(4 * hidden, n_labels)` over `pair_features(u, v)` = [u, v, |u - v|, u * v] of the two
+  texts' vectors (each text is encoded alone, so serving stays one encoder pass per text);
+- similarity: no head, the score is the cosine of the two normalised embeddings.
+
+On disk a head is `heads/<task>.safetensors` with `weight (n_labels, in)` and `bias (n_labels,)`, and in its
+safetensors metadata the task name, its type, the label names in id order and the fingerprint of the encoder it was
+trained with (`weights_fingerprint`). Loading checks them against what the reader expects, so a head for another
+task, type, label order or encoder is refused by name, never served as a plausible-looking wrong answer.
 """
 
 from __future__ import annotations
@@ -20,8 +25,22 @@ from torch import nn
 from mtl.errors import UserError
 
 
-def build_heads(hidden_size: int, label_counts: dict[str, int]) -> nn.ModuleDict:
-    return nn.ModuleDict({name: nn.Linear(hidden_size, count) for name, count in label_counts.items()})
+def head_input_size(hidden_size: int, task_type: str) -> int:
+    return 4 * hidden_size if task_type == "pair_classification" else hidden_size
+
+
+def pair_features(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """`(B, 4H)` features of two texts' pooled vectors `(B, H)` each: [u, v, |u - v|, u * v]."""
+    return torch.cat([left, right, (left - right).abs(), left * right], dim=-1)
+
+
+def build_heads(hidden_size: int, specs: dict[str, tuple[str, int]]) -> nn.ModuleDict:
+    """One head per task that has one: task name -> (type, number of labels); similarity tasks get none."""
+    return nn.ModuleDict({
+        name: nn.Linear(head_input_size(hidden_size, kind), count)
+        for name, (kind, count) in specs.items()
+        if kind != "similarity"
+    })  # fmt: skip
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -34,10 +53,13 @@ def weights_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()[:32]
 
 
-def save_head(head: nn.Linear, path: Path, task: str, labels: list[str], encoder: str) -> None:
+def save_head(
+    head: nn.Linear, path: Path, task: str, labels: list[str], encoder: str, task_type: str = "classification"
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"weight": head.weight.detach().float().contiguous(), "bias": head.bias.detach().float().contiguous()}
-    save_file(tensors, str(path), metadata={"task": task, "labels": json.dumps(list(labels)), "encoder": encoder})
+    metadata = {"task": task, "type": task_type, "labels": json.dumps(list(labels)), "encoder": encoder}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def head_metadata(path: Path) -> dict:
@@ -47,8 +69,9 @@ def head_metadata(path: Path) -> dict:
     return {**metadata, "labels": json.loads(metadata["labels"])} if "labels" in metadata else metadata
 
 
-def check_head(path: Path, task: str, labels: list[str], encoder: str) -> None:
-    """Refuse a head file written for another task, label order or encoder, naming the mismatch."""
+def check_head(path: Path, task: str, labels: list[str], encoder: str, task_type: str = "classification") -> None:
+    """Refuse a head file written for another task, type, label order or encoder, naming the mismatch (heads from
+    before task types carry no type: classification)."""
     found = head_metadata(path)
     if not found:
         raise UserError(f"{path}: head file carries no task/labels/encoder metadata (written before they were "
@@ -56,6 +79,8 @@ def check_head(path: Path, task: str, labels: list[str], encoder: str) -> None:
     problems = []
     if found.get("task") != task:
         problems.append(f"it is the head of task {found.get('task')!r}, not {task!r}")
+    if found.get("type", "classification") != task_type:
+        problems.append(f"it is a {found.get('type', 'classification')} head, task {task!r} is {task_type}")
     if found.get("labels") != list(labels):
         problems.append(f"its labels are {found.get('labels')}, expected {list(labels)} (in id order)")
     if found.get("encoder") != encoder:

@@ -1,4 +1,8 @@
-"""The multi-task model: shared encoder -> pooling -> one linear head per task."""
+"""The multi-task model: shared encoder -> pooling -> one output per task (a head, or for similarity the cosine).
+
+A batch of B rows, P of them pairs, is one encoder pass over B + P texts: the B rows' texts, then the second texts
+of the pair rows (`pair_rows`, their row indices). Single-text tasks read row vectors, pair tasks the pair's two.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,23 @@ from torch import nn
 
 from mtl.config import Config, ConfigError
 from mtl.model.backbone import load_encoder, starting_encoder_dir
-from mtl.model.heads import build_heads, check_head, load_head_into
+from mtl.model.heads import build_heads, check_head, load_head_into, pair_features
 from mtl.model.pooling import normalize, pool, resolve_pooling
 
 
+def task_specs(config: Config) -> dict[str, tuple[str, int]]:
+    """Task name -> (type, number of labels), in task-id order."""
+    return {name: (task.type, len(task.labels)) for name, task in config.tasks.items()}
+
+
 class MultiTaskModel(nn.Module):
-    def __init__(self, encoder: nn.Module, pooling: str, label_counts: dict[str, int]):
+    def __init__(self, encoder: nn.Module, pooling: str, specs: dict[str, tuple[str, int]]):
+        """`specs`: task name -> (type, number of labels) (`task_specs`)."""
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
-        self.heads = build_heads(encoder.config.hidden_size, label_counts)
+        self.task_types = {name: kind for name, (kind, _) in specs.items()}
+        self.heads = build_heads(encoder.config.hidden_size, specs)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The sentence vector that feeds every head, not normalised."""
@@ -26,11 +37,32 @@ class MultiTaskModel(nn.Module):
         # Accumulate in fp32 like inference (a bf16 sum over 128 tokens loses digits), then back to the heads' dtype.
         return pool(self.pooling, hidden.float(), attention_mask).to(hidden.dtype)  # (B, H)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_pooled: bool = False):
-        """Logits `(B, n_labels)` of every task for every row; with `return_pooled`, also the pooled `(B, H)`."""
-        pooled = self.pooled(input_ids, attention_mask)
-        logits = {name: head(pooled) for name, head in self.heads.items()}
-        return (logits, pooled) if return_pooled else logits
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pair_rows: torch.Tensor | None = None,
+        return_pooled: bool = False,
+    ):
+        """Every task's output for every row: logits `(B, n_labels)` from a head, or for a similarity task the cosine
+        `(B,)` of the pair's embeddings (0 for rows without a pair). `input_ids`/`attention_mask` are `(B + P, T)`:
+        B row texts, then the P second texts of rows `pair_rows` `(P,)`. With `return_pooled`, also the pooled
+        `(B + P, H)` of every text encoded (what distillation compares)."""
+        pooled = self.pooled(input_ids, attention_mask)  # (B + P, H)
+        rows = pooled.shape[0] - (0 if pair_rows is None else pair_rows.shape[0])
+        first = pooled[:rows]  # (B, H)
+        second = first  # rows without a pair: their own vector (their pair outputs are masked out of every loss)
+        if pair_rows is not None and pair_rows.numel():
+            second = first.index_copy(0, pair_rows, pooled[rows:])  # (B, H)
+        outputs = {}
+        for name, kind in self.task_types.items():
+            if kind == "similarity":
+                outputs[name] = torch.nn.functional.cosine_similarity(first.float(), second.float(), dim=-1)  # (B,)
+            elif kind == "pair_classification":
+                outputs[name] = self.heads[name](pair_features(first, second))
+            else:
+                outputs[name] = self.heads[name](first)
+        return (outputs, pooled) if return_pooled else outputs
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised sentence embeddings `(B, H)` for similarity."""
@@ -43,7 +75,7 @@ def build_model(config: Config) -> MultiTaskModel:
     encoder = load_encoder(config.model, source)
     pooling = resolve_pooling(config.model.pooling, source)
     torch.manual_seed(config.train.seed)
-    model = MultiTaskModel(encoder, pooling, {name: len(task.labels) for name, task in config.tasks.items()})
+    model = MultiTaskModel(encoder, pooling, task_specs(config))
     if config.model.init_from:
         load_init_heads(model, config, source)
     return model
@@ -54,12 +86,12 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
 
     A task the export lacks starts from random weights (said once); if that task is frozen, it is an error.
     """
-    from mtl.export_format import head_path, read_manifest, task_labels
+    from mtl.export_format import head_path, read_manifest, task_labels, task_type
 
     manifest = read_manifest(source)
     exported = task_labels(manifest)
     for name, head in model.heads.items():
-        labels = list(config.tasks[name].labels)
+        labels, kind = list(config.tasks[name].labels), config.tasks[name].type
         if name not in exported:
             if name in config.finetune.freeze_heads:
                 raise ConfigError(
@@ -68,6 +100,11 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
                 )
             print(f"model.init_from: {source} has no task {name!r}; its head starts from random weights")
             continue
+        if task_type(manifest, name) != kind:
+            raise ConfigError(
+                f"model.init_from={source}: task {name!r} is a {task_type(manifest, name)} task there, "
+                f"tasks.{name}.type is {kind}"
+            )
         if exported[name] != labels:
             raise ConfigError(
                 f"model.init_from={source}: task {name!r} was trained with labels {exported[name]}, "
@@ -75,5 +112,5 @@ def load_init_heads(model: MultiTaskModel, config: Config, source: Path) -> None
             )
         path = head_path(source, name)
         if "encoder_fingerprint" in manifest:  # exports before format 2 carry no head metadata
-            check_head(path, name, labels, manifest["encoder_fingerprint"])
+            check_head(path, name, labels, manifest["encoder_fingerprint"], kind)
         load_head_into(head, path)

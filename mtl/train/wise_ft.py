@@ -51,10 +51,13 @@ def restamp_heads(export_dir: Path, fingerprint: str) -> None:
     """Record `fingerprint` as the export's encoder, in `mtl.json` and in every head file's metadata."""
     manifest = read_manifest(export_dir)
     for task, spec in manifest["tasks"].items():
+        kind = spec.get("type", "classification")
+        if kind == "similarity":  # no head: its output is the encoder's cosine
+            continue
         path = head_path(export_dir, task)
-        head = build_heads(int(manifest["hidden_size"]), {task: len(spec["labels"])})[task]
+        head = build_heads(int(manifest["hidden_size"]), {task: (kind, len(spec["labels"]))})[task]
         load_head_into(head, path)
-        save_head(head, path, task, spec["labels"], fingerprint)
+        save_head(head, path, task, spec["labels"], fingerprint, kind)
     manifest["encoder_fingerprint"] = fingerprint
     write_manifest(export_dir, manifest)
 
