@@ -1,11 +1,14 @@
-"""Per-task sources -> sharded mixed-task Parquet (`text`, `task`, `label`) plus `labels.json`.
+"""Per-task sources -> sharded mixed-task Parquet (`text`, `task`, and `label`, `text_pair`, `score` or `labels` as
+the tasks' types read them) plus `labels.json`.
 
     python -m jobs.prepare_data --task sentiment=data/sample/sentiment.tsv --labels sentiment=negative,positive \
         --task topic=data/sample/topic.tsv --output runs/demo/data [--config jobs/configs/poc.yaml]
 
-With --config the label ids written follow that config's `tasks.*.labels` order (a source label it lacks is an
-error); without it, the order of --labels, of the source's labels.json, or sorted names. Training refuses data
-whose labels.json orders a task's labels differently from its config.
+With --config each source is read as its task's `tasks.*.type` (text, text_pair, label | score rows for pair types,
+text, labels rows for multilabel: see mtl/data/prepare.py), scores are checked against `tasks.*.score_range`, and
+the label ids written follow `tasks.*.labels` order (a source label it lacks is an error). Without it every task is
+classification (text, label) and ids follow --labels, the source's labels.json, or sorted names. Training refuses
+data whose labels.json orders a task's labels differently from its config.
 
 Through Ray: ray job submit --working-dir . -- python -m jobs.prepare_data --task ... --output ...
 """
@@ -48,13 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise DataError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
     labels = {task: names.split(",") for task, names in _pairs(args.labels, "--labels").items()}
     sources = {task: Path(path) for task, path in _pairs(args.task, "--task").items()}
-    order = None
+    tasks = None
     if args.config:
         config = load_config(args.config)
         unknown = [task for task in sources if task not in config.tasks]
         if unknown:
             parser.error(f"--task {unknown}: not in {args.config} (tasks: {list(config.tasks)})")
-        order = {task: list(config.tasks[task].labels) for task in sources}
+        tasks = {task: config.tasks[task] for task in sources}
     summary = prepare(
         sources,
         labels,
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         shard_rows=args.shard_rows,
         validation_fraction=args.validation_fraction,
         seed=args.seed,
-        order=order,
+        tasks=tasks,
     )
     print(json.dumps(summary))
     return summary

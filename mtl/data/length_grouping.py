@@ -19,9 +19,11 @@ from transformers import PreTrainedTokenizerBase
 
 from mtl.data.tokenization import token_ids
 
-# A row batch: text (object), task_id (int32), label (int64); training rows also row_id (uint64) and epoch (int64),
-# and with cached distill targets teacher (float32, (B, H)).
-# A token batch: input_ids (list of unpadded id lists), task_id, label (, teacher); padded only on the device.
+# A row batch: text, text_pair (object; None for single-text rows), task_id (int32), label (int64), score (float32);
+# training rows also row_id (uint64) and epoch (int64), and with cached distill targets teacher and teacher_pair
+# (float32, (B, H)).
+# A token batch: input_ids and pair_ids (lists of unpadded id lists; [] for a row without a pair), task_id, label
+# (, score, teacher, ...); padded only on the device. A pair row's length is both its texts' tokens.
 Batch = dict[str, np.ndarray]
 TokenBatch = dict[str, np.ndarray | list[list[int]]]
 
@@ -68,20 +70,27 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
     texts = np.concatenate([batch["text"] for batch in group]).tolist()
     task_ids = np.concatenate([batch["task_id"] for batch in group])
     labels = np.concatenate([batch["label"] for batch in group])
-    # Other columns ride along with their rows: cached teacher vectors (Ray Data may hand a fixed-size list out as
-    # rows of arrays, hence the stack), row ids and epochs (`mtl.data.stream_position`).
+    # Other columns ride along with their rows: scores, cached teacher vectors (Ray Data may hand a fixed-size list
+    # out as rows of arrays, hence the stack), row ids and epochs (`mtl.data.stream_position`).
     extras = {
         name: np.concatenate([np.stack(batch[name]) for batch in group])
         for name in group[0]
-        if name not in ("text", "task_id", "label")
+        if name not in ("text", "text_pair", "task_id", "label")
     }
     ids = token_ids(tokenizer, texts, max_seq_length)
+    pair_ids: list[list[int]] = [[] for _ in ids]
+    pairs = np.concatenate([batch["text_pair"] for batch in group]) if "text_pair" in group[0] else ()
+    with_pair = [row for row, text in enumerate(pairs) if text is not None]
+    if with_pair:
+        for row, row_ids in zip(with_pair, token_ids(tokenizer, [pairs[r] for r in with_pair], max_seq_length),
+                                strict=True):  # fmt: skip
+            pair_ids[row] = row_ids
     sizes = [len(batch["task_id"]) for batch in group]
     if not by_length:
         bounds = np.cumsum([0, *sizes])
         chunks = [np.arange(start, end) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
     else:
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        lengths = np.fromiter((len(a) + len(b) for a, b in zip(ids, pair_ids, strict=True)), np.int64, len(ids))
         drawn_in = np.repeat(np.arange(len(group)), sizes)  # the batch each row was drawn in
         parts: list[list[np.ndarray]] = [[] for _ in group]
         for task in np.unique(task_ids):
@@ -94,8 +103,10 @@ def _regroup(group: list[Batch], tokenizer, max_seq_length: int, by_length: bool
         chunks = [np.concatenate(batch_parts) for batch_parts in parts]
         chunks = [chunks[index] for index in rng.permutation(len(chunks))]
     out = [
-        {"input_ids": [ids[row] for row in rows], "task_id": task_ids[rows], "label": labels[rows]} for rows in chunks
-    ]
+        {"input_ids": [ids[row] for row in rows], "pair_ids": [pair_ids[row] for row in rows],
+         "task_id": task_ids[rows], "label": labels[rows]}
+        for rows in chunks
+    ]  # fmt: skip
     for batch, rows in zip(out, chunks, strict=True):
         batch.update({name: column[rows] for name, column in extras.items()})
     return out

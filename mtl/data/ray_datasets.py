@@ -12,27 +12,40 @@ from __future__ import annotations
 import functools
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import ray.data
 
 from mtl.config import Config, validate_config
-from mtl.data.contract import ROW_HASH, RowReport, expand_paths, iter_validated, validate_batch
+from mtl.data.contract import (
+    ROW_HASH,
+    RowReport,
+    check_schema,
+    iter_validated,
+    normalise,
+    part_mask,
+    read_schema,
+    source_columns,
+    sources_by_file,
+    validate_batch,
+)
 from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
 from mtl.data.stream_position import is_in
 
 
 def validate_files(
-    patterns: list[str], config: Config, key: str
+    files: list[str], config: Config, key: str
 ) -> tuple[list[str], RowReport, dict[str, int], dict[str, float]]:
-    """Validate every row once (constant memory); return files, row report, clean rows per task and the sum of
-    their draw weights per task (`mtl.data.sampling.row_weights`)."""
-    files = expand_paths(patterns, key)
+    """Validate every row of a split's files (`mtl.data.contract.split_files`) once (constant memory); return the
+    files, row report, clean rows per task and the sum of their draw weights per task
+    (`mtl.data.sampling.row_weights`)."""
     report = RowReport()
     counts = dict.fromkeys(config.task_names, 0)
     weight_sums = dict.fromkeys(config.task_names, 0.0)
-    for clean, batch_report in iter_validated(files, config):
+    split = "validation" if key == "data.validation" else "train"
+    for clean, batch_report in iter_validated(files, config, split=split):
         report.add(batch_report)
         task_ids = clean.column("task_id").to_numpy()
         weights = row_weights(clean.column("text"), config.data)
@@ -54,17 +67,26 @@ def _skip_config(config_json: str) -> Config:
     return validate_config(skip, source="dataset config")
 
 
-def clean_rows(batch: pa.Table, config_json: str, rates: list[float] | None = None) -> pa.Table:
-    """Ray Data map: contract rows -> `text`, `task_id`, `label`, dropping what the pre-flight counted.
+def clean_rows(
+    batch: pa.Table,
+    config_json: str,
+    rates: list[float] | None = None,
+    source_index: int | None = None,
+    split: str = "train",
+) -> pa.Table:
+    """Ray Data map: contract rows -> clean rows (`mtl.data.contract.CLEAN_SCHEMA`), dropping what the pre-flight
+    counted; rows of `data.sources[source_index]` are renamed to the contract and give their `split` part.
 
     With `rates`, a row of task t is drawn rates[t] x its `row_weights` times (`draw_counts`: whole copies plus a
     random fraction, drawn afresh every epoch), which mixes tasks in the same streaming pass instead of re-reading
     the files per task.
     """
     config = _skip_config(config_json)
-    label_type = batch.schema.field(config.data.label_column).type
-    label_kind = "integer" if pa.types.is_integer(label_type) else "string"
-    clean, _ = validate_batch(batch, "ray-data", 0, config, label_kind)
+    source = None if source_index is None else config.data.sources[source_index]
+    table = batch if source is None else normalise(batch, source, config.data)
+    kinds = check_schema(table.schema, "ray-data", config.data)
+    select = part_mask(table, source, split, config.data)
+    clean, _ = validate_batch(table, "ray-data", 0, config, kinds, select)
     return clean if rates is None else resample_rows(clean, config_json, rates)
 
 
@@ -85,20 +107,37 @@ def resample_rows(clean: pa.Table, config_json: str, rates: list[float]) -> pa.T
 
 
 def read_rows(
-    files: list[str], config: Config, rates: list[float] | None = None, row_ids: bool = False
+    files: list[str], config: Config, rates: list[float] | None = None, row_ids: bool = False, split: str = "train"
 ) -> ray.data.Dataset:
-    """Clean rows (`clean_rows`); with `row_ids`, each carries a `row_id` (file path + position: the same on every
-    read), which is how a resumed run leaves out what it already trained (`mtl.data.stream_position`)."""
-    columns = [config.data.text_column, config.data.task_column, config.data.label_column]
-    dataset = ray.data.read_parquet(files, include_row_hash=row_ids, num_cpus=DATA_TASK_CPUS)
-    # Pushed into the Parquet read by Ray Data's optimizer (checked with `Dataset.explain()`: no Project left).
-    dataset = dataset.select_columns(columns + ([ROW_HASH] if row_ids else []))
-    return dataset.map_batches(
-        clean_rows,
-        fn_kwargs={"config_json": config.model_dump_json(), "rates": rates},
-        batch_format="pyarrow",
-        num_cpus=DATA_TASK_CPUS,
-    )
+    """Clean rows (`clean_rows`) of a split's files; with `row_ids`, each carries a `row_id` (file path + position:
+    the same on every read), which is how a resumed run leaves out what it already trained
+    (`mtl.data.stream_position`). Files are read in groups of one source and one column set (a union of reads)."""
+    sources = sources_by_file(config) if config.data.sources else {}
+    indices = {id(source): index for index, source in enumerate(config.data.sources)}
+    groups: dict[tuple, list[str]] = {}
+    for path in files:
+        source = sources.get(str(Path(path).resolve()))
+        columns = tuple(source_columns(source, config.data, read_schema(path, f"data.{split}")))
+        groups.setdefault((None if source is None else indices[id(source)], columns), []).append(path)
+    datasets = []
+    for (source_index, columns), group in groups.items():
+        dataset = ray.data.read_parquet(group, include_row_hash=row_ids, num_cpus=DATA_TASK_CPUS)
+        # Pushed into the Parquet read by Ray Data's optimizer (checked with `Dataset.explain()`: no Project left).
+        dataset = dataset.select_columns(list(columns) + ([ROW_HASH] if row_ids else []))
+        datasets.append(
+            dataset.map_batches(
+                clean_rows,
+                fn_kwargs={
+                    "config_json": config.model_dump_json(),
+                    "rates": rates,
+                    "source_index": source_index,
+                    "split": split,
+                },  # fmt: skip
+                batch_format="pyarrow",
+                num_cpus=DATA_TASK_CPUS,
+            )
+        )
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
 @functools.lru_cache(maxsize=2)

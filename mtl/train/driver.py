@@ -160,7 +160,7 @@ def training_datasets(plan: TrainingPlan) -> tuple[dict, Config, bool]:
     datasets = {}
     if plan.validation_files:
         print(f"data.validation: {len(plan.validation_files)} files, {json.dumps(plan.validation_report.as_dict())}")
-        datasets["validation"] = read_rows(plan.validation_files, config)
+        datasets["validation"] = read_rows(plan.validation_files, config, split="validation")
     teacher_files = None
     if config.retain.method == "distill" and config.retain.teacher == "cached":
         teacher_files, _ = teacher_embeddings(plan.train_files, config, sum(counts.values()))

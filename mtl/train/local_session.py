@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch.distributed as dist
 
 from mtl.config import Config, ConfigError
-from mtl.data.contract import expand_paths, read_validated
+from mtl.data.contract import read_validated, sources_by_file, split_files
 from mtl.data.length_grouping import Batch
 from mtl.data.sampling import draw_counts, draw_ids, draw_rates, row_weights
 from mtl.data.stream_position import EPOCH_END, StreamPosition
@@ -45,12 +45,15 @@ def table_batches(
     table: pa.Table, indices: np.ndarray, batch_size: int, drop_last: bool, row_ids: np.ndarray | None = None
 ) -> Iterator[Batch]:
     texts = np.asarray(table.column("text").to_pylist(), dtype=object)
+    pairs = np.asarray(table.column("text_pair").to_pylist(), dtype=object)
     task_ids = table.column("task_id").to_numpy()
     labels = table.column("label").to_numpy()
+    scores = table.column("score").to_numpy()
     stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
         rows = indices[start : start + batch_size]
-        batch = {"text": texts[rows], "task_id": task_ids[rows], "label": labels[rows]}
+        batch = {"text": texts[rows], "text_pair": pairs[rows], "task_id": task_ids[rows], "label": labels[rows],
+                 "score": scores[rows]}  # fmt: skip
         if row_ids is not None:
             batch["row_id"] = row_ids[start : start + batch_size]
         yield batch
@@ -69,11 +72,11 @@ class LocalSession:
         self.run_dir = check_storage_path(config)
         check_backbone(config)
         self.checkpoint_root = self.run_dir / "checkpoints"
-        self.train_files = expand_paths(config.data.train, "data.train")
-        self.train_table, self.train_report = read_validated(self.train_files, config, "data.train")
+        self.train_files = split_files(config, "train")
+        self.train_table, self.train_report = read_validated([], config, "data.train", files=self.train_files)
         self.validation_table = None
-        if config.data.validation:
-            self.validation_table, _ = read_validated(config.data.validation, config, "data.validation")
+        if validation_files := split_files(config, "validation"):
+            self.validation_table, _ = read_validated([], config, "data.validation", files=validation_files)
         task_ids = self.train_table.column("task_id").to_numpy()
         weights = row_weights(self.train_table.column("text"), config.data)
         counts = {name: int((task_ids == i).sum()) for i, name in enumerate(config.task_names)}
@@ -133,7 +136,10 @@ def train_locally(config: Config) -> dict:
         )
     session = LocalSession(config)
     config = config.with_steps_for(session.epoch_rows)
-    data = config.data.model_copy(update={"train": [str(Path(f).resolve()) for f in session.train_files]})
+    sourced = set(sources_by_file(config))
+    files = [str(Path(f).resolve()) for f in session.train_files]
+    sources = [source.model_copy(update={"path": os.path.abspath(source.path)}) for source in config.data.sources]
+    data = config.data.model_copy(update={"train": [f for f in files if f not in sourced], "sources": sources})
     config = session.config = config.model_copy(update={"data": data})
     check_or_record(session.run_dir, config, session.train_files)
     ensure_single_process_group(config.scaling.use_gpu)

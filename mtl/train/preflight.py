@@ -8,11 +8,20 @@ is checked by the driver once Ray is up (`mtl.train.driver`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mtl.config import Config, ConfigError
-from mtl.data.contract import DataError, RowReport, check_schema, expand_paths, read_schema
+from mtl.data.contract import (
+    DataError,
+    RowReport,
+    check_schema,
+    normalise,
+    read_schema,
+    sources_by_file,
+    split_files,
+)
 from mtl.export_format import MANIFEST_FILE, is_export
 
 # torch, transformers and Ray are imported where first needed, after the cheap checks: a glob typo or a missing
@@ -112,9 +121,14 @@ def check_backbone(config: Config) -> None:
 
 
 def check_schemas(files: list[str], config: Config) -> None:
-    """Every file's contract columns and types from its footer, before any row is read."""
+    """Every file's contract columns and types from its footer, before any row is read (a `data.sources` file
+    under its contract names)."""
+    sources = sources_by_file(config) if config.data.sources else {}
     for path in files:
-        check_schema(read_schema(path, "data"), path, config.data)
+        schema, source = read_schema(path, "data"), sources.get(str(Path(path).resolve()))
+        if source is not None:
+            schema = normalise(schema.empty_table(), source, config.data).schema
+        check_schema(schema, path, config.data, task_given=source is not None)
 
 
 def check_rows_per_worker(epoch_rows: int, config: Config) -> None:
@@ -146,8 +160,8 @@ def plan_training(config: Config) -> TrainingPlan:
     """All driver-side checks, cheapest first; returns what the driver needs to build the datasets."""
     run_dir = check_storage_path(config)
     config = resolved_model_paths(config)
-    train_files = expand_paths(config.data.train, "data.train")
-    validation_files = expand_paths(config.data.validation, "data.validation") if config.data.validation else []
+    train_files = split_files(config, "train")
+    validation_files = split_files(config, "validation")
     check_schemas(train_files + validation_files, config)
     if config.data.stsb:
         existing_file(config.data.stsb, "data.stsb")
@@ -159,13 +173,17 @@ def plan_training(config: Config) -> TrainingPlan:
     validation_report = None
     if validation_files:
         validation_files, validation_report, *_ = validate_files(validation_files, config, "data.validation")
-    resolved = {
-        "train": [str(Path(f).resolve()) for f in train_files],
-        "validation": [str(Path(f).resolve()) for f in validation_files],
+    train_files = [str(Path(f).resolve()) for f in train_files]
+    validation_files = [str(Path(f).resolve()) for f in validation_files]
+    sourced = set(sources_by_file(config))
+    resolved = {  # the config's own lists, absolute: data.train/validation without the sources' files
+        "train": [f for f in train_files if f not in sourced],
+        "validation": [f for f in validation_files if f not in sourced],
+        "sources": [s.model_copy(update={"path": os.path.abspath(s.path)}) for s in config.data.sources],
     }
     if config.data.stsb:
         resolved["stsb"] = str(Path(config.data.stsb).resolve())
     config = config.model_copy(update={"data": config.data.model_copy(update=resolved)})
     return TrainingPlan(
-        config, run_dir, resolved["train"], train_report, counts, weight_sums, resolved["validation"], validation_report
+        config, run_dir, train_files, train_report, counts, weight_sums, validation_files, validation_report
     )

@@ -46,17 +46,26 @@ def import_deepspeed(use_gpu: bool):
 
 
 def to_device(batch: TokenBatch, tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pad a token batch to its longest row and move it to the device."""
-    padded = pad(tokenizer, batch["input_ids"])
+    """Pad a token batch's B texts and the P second texts of its pair rows to the longest and move them to the
+    device: `input_ids`/`attention_mask` `(B + P, T)`, `pair_rows` `(P,)`, `task_ids`, `labels`, `scores` `(B,)`."""
+    pair_ids = batch.get("pair_ids") or [[] for _ in batch["input_ids"]]
+    pair_rows = [row for row, ids in enumerate(pair_ids) if ids]
+    padded = pad(tokenizer, list(batch["input_ids"]) + [pair_ids[row] for row in pair_rows])
+    scores = batch["score"] if "score" in batch else np.full(len(batch["task_id"]), np.nan, np.float32)
     inputs = {
-        "input_ids": padded["input_ids"].to(device),  # (B, T)
-        "attention_mask": padded["attention_mask"].to(device),  # (B, T)
+        "input_ids": padded["input_ids"].to(device),  # (B + P, T)
+        "attention_mask": padded["attention_mask"].to(device),  # (B + P, T)
+        "pair_rows": torch.tensor(pair_rows, dtype=torch.long, device=device),  # (P,)
         # torch.tensor copies: Ray Data hands out read-only arrays, which torch.as_tensor would warn about.
         "task_ids": torch.tensor(batch["task_id"], dtype=torch.long, device=device),
         "labels": torch.tensor(batch["label"], dtype=torch.long, device=device),
+        "scores": torch.tensor(scores, dtype=torch.float32, device=device),
     }
-    if "teacher" in batch:  # cached teacher vectors (mtl.train.teacher_embeddings), (B, H)
-        inputs["teacher"] = torch.tensor(batch["teacher"], dtype=torch.float32, device=device)
+    if "teacher" in batch:  # cached teacher vectors of every text encoded (mtl.train.teacher_embeddings), (B + P, H)
+        teacher = np.asarray(batch["teacher"], dtype=np.float32)
+        if pair_rows:
+            teacher = np.concatenate([teacher, np.asarray(batch["teacher_pair"], dtype=np.float32)[pair_rows]])
+        inputs["teacher"] = torch.tensor(teacher, dtype=torch.float32, device=device)
     return inputs
 
 
@@ -93,6 +102,18 @@ def measure_stsb(engine, probe: StsbProbe | None, config: Config) -> float:
         value = probe.spearman(engine.module.pooled, engine.device)
     engine.module.train(was_training)
     return value
+
+
+def metric_summary(name: str, metrics: dict, config: Config) -> str:
+    """One task's validation figures for the progress line, by its type."""
+    kind = config.tasks[name].type
+    if kind == "similarity":
+        figures = f"spearman={metrics['spearman']:.4f} pearson={metrics['pearson']:.4f}"
+    elif kind == "multilabel":
+        figures = f"micro_f1={metrics['micro_f1']:.4f} macro_f1={metrics['macro_f1']:.4f}"
+    else:
+        figures = f"acc={metrics['accuracy']:.4f} f1={metrics['macro_f1']:.4f}"
+    return f"{name}: {figures} loss={metrics['loss']:.4f}"
 
 
 def stsb_record(spearman: float, before: float) -> dict:
@@ -195,7 +216,6 @@ class Recipe:
         timer.take()  # time between steps (validation, checkpoints) is not a step's
         step_started, step_tokens, step_real_tokens = time.perf_counter(), 0, 0
         loss_weights = {name: task.loss_weight for name, task in config.tasks.items()}
-        smoothing = {name: task.label_smoothing for name, task in config.tasks.items()}
         for _ in range(config.train.grad_accum_steps):
             with timer.phase("data_wait"):
                 batch = next(self.batches)
@@ -204,10 +224,13 @@ class Recipe:
             step_tokens += inputs["input_ids"].numel() * session.world_size
             step_real_tokens += int(inputs["attention_mask"].sum()) * session.world_size
             with timer.phase("forward"):
-                logits, pooled = engine(inputs["input_ids"], inputs["attention_mask"], return_pooled=True)
-                loss, per_task = multitask_loss(
-                    logits, inputs["task_ids"], inputs["labels"], loss_weights, smoothing, config.train.task_loss
+                outputs, pooled = engine(
+                    inputs["input_ids"], inputs["attention_mask"], inputs["pair_rows"], return_pooled=True
                 )
+                loss, per_task = multitask_loss(
+                    outputs, inputs["task_ids"], inputs["labels"], loss_weights, reduction=config.train.task_loss,
+                    scores=inputs["scores"], tasks=config.tasks,
+                )  # fmt: skip
                 retain = self.retention.loss(pooled, inputs, engine.module, timer)
                 if retain is not None:
                     loss = loss + config.retain.weight * retain
@@ -253,10 +276,7 @@ class Recipe:
         budget = config.retain.max_stsb_drop
         within_budget = stsb is None or budget is None or stsb["drop"] <= budget
         if session.rank == 0:
-            summary = " ".join(
-                f"{name}: acc={m['accuracy']:.4f} f1={m['macro_f1']:.4f} loss={m['loss']:.4f}"
-                for name, m in metrics.items()
-            )
+            summary = " ".join(metric_summary(name, m, config) for name, m in metrics.items())
             if stsb:
                 summary += f" stsb: {stsb['spearman']:.4f} ({-stsb['drop']:+.4f})"
             print(f"validation step {step}: {summary}", flush=True)
@@ -266,11 +286,12 @@ class Recipe:
                 for key, value in flatten({**metrics, **({"stsb": stsb} if stsb else {})}, "validation/").items():
                     self.writer.add_scalar(key, value, step)
         has_rows = any(task["count"] for task in metrics.values())
-        if has_rows and within_budget and selection_score(metrics) > self.state["best"]:
-            self.state.update(best=selection_score(metrics), best_stsb=stsb)
+        score = selection_score(metrics, config)
+        if has_rows and within_budget and score > self.state["best"]:
+            self.state.update(best=score, best_stsb=stsb)
             path = export_snapshot(self.engine, session, config, self.tokenizer, "best", metrics, step)
             if path:
-                print(f"best validation so far (mean macro-F1 {self.state['best']:.4f}): exported {path}", flush=True)
+                print(f"best validation so far (selection score {score:.4f}): exported {path}", flush=True)
 
     def _stsb_now(self) -> dict | None:
         if self.probe is None:

@@ -67,11 +67,14 @@ def write_report(run_dir: Path, config: Config, export_dir: Path) -> dict:
         curves = {name: (steps, values) for name, values in losses.items()}
         report["figures"].append(str(plot_series(curves, "training loss per task", "loss", out / "loss.png")))
     if validation:
+        headline = {"similarity": "spearman", "multilabel": "micro_f1"}  # "accuracy": a task type's own headline
         for metric in ("loss", "accuracy", "macro_f1"):
-            curves = {
-                name: ([r["step"] for r in validation], [r["metrics"][name][metric] for r in validation])
-                for name in config.task_names
-            }
+            curves = {}
+            for name in config.task_names:
+                key = headline.get(config.tasks[name].type, "accuracy") if metric == "accuracy" else metric
+                if key in validation[-1]["metrics"][name]:
+                    label = name if key == metric else f"{name} ({key})"
+                    curves[label] = ([r["step"] for r in validation], [r["metrics"][name][key] for r in validation])
             if metric == "accuracy" and "stsb" in validation[-1]:  # retention beside task accuracy
                 probed = [r for r in validation if "stsb" in r]
                 curves["STS-B Spearman"] = ([r["step"] for r in probed], [r["stsb"]["spearman"] for r in probed])
@@ -96,9 +99,15 @@ def write_report(run_dir: Path, config: Config, export_dir: Path) -> dict:
 
 
 def target_check(config: Config, export_dir: Path, metrics: dict, retention: dict | None) -> dict:
-    """Each `tasks.*.target_accuracy` against the export's validation accuracy (the chosen WiSE-FT blend's, if any),
-    and `retain.max_stsb_drop` against the export's STS-B drop; {} when no target is configured."""
-    accuracy = {name: task["accuracy"] for name, task in metrics.items()}
+    """Each `tasks.*.target_accuracy` against the export's validation accuracy (the chosen WiSE-FT blend's, if any;
+    similarity tasks: Spearman, multilabel: micro-F1), and `retain.max_stsb_drop` against the export's STS-B drop;
+    {} when no target is configured."""
+    measure = {"similarity": "spearman", "multilabel": "micro_f1"}
+    accuracy = {
+        name: task.get(measure.get(config.tasks[name].type, "accuracy"), 0.0)
+        for name, task in metrics.items()
+        if name in config.tasks
+    }
     drop = retention["final"]["drop"] if retention else None
     wise = read_manifest(export_dir).get("wise_ft")
     if wise:  # the export is the chosen blend: its own row of the WiSE-FT table

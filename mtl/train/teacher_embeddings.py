@@ -17,12 +17,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtl.config import Config
 
-CACHE_FORMAT = 2  # 2: rows carry their source `row_id` (resume leaves out the same rows as without a cache)
+CACHE_FORMAT = 3  # 2: rows carry their source `row_id` (resume leaves out the same rows as without a cache);
+# 3: pair rows carry `teacher_pair`, the second text's vector (zeros for single-text rows)
 MARKER = "_COMPLETE.json"
 
 
@@ -55,8 +57,11 @@ def cache_key(config: Config, files: list[str]) -> dict:
         "pooling": resolve_pooling(config.model.pooling, encoder_dir),
         "max_seq_length": config.model.max_seq_length,
         "precision": config.train.precision,
-        "columns": [data.text_column, data.task_column, data.label_column, data.on_bad_rows],
-        "tasks": {name: task.labels for name, task in config.tasks.items()},
+        "columns": [data.text_column, data.task_column, data.label_column, data.text_pair_column, data.score_column,
+                    data.labels_column, data.on_bad_rows],  # fmt: skip
+        "sources": [source.model_dump(mode="json") for source in data.sources],
+        "tasks": {name: task.model_dump(mode="json", include={"type", "labels", "score_range"})
+                  for name, task in config.tasks.items()},  # fmt: skip
         "files": [file_digest(Path(path)) for path in files],
     }
 
@@ -66,7 +71,8 @@ def default_cache_root(config: Config) -> Path:
 
 
 class TeacherEmbedder:
-    """Ray Data actor: clean rows in, the same rows with their `teacher` pooled vector (float32) out."""
+    """Ray Data actor: clean rows in, the same rows with their `teacher` pooled vector (float32) out, and for pair
+    rows `teacher_pair`, the second text's (zeros for single-text rows)."""
 
     def __init__(self, config_json: str, threads: int | None):
         import torch
@@ -90,7 +96,16 @@ class TeacherEmbedder:
         ids = token_ids(self.tokenizer, batch.column("text").to_pylist(), self.max_seq_length)
         vectors = pooled_in_input_order(self.teacher, self.tokenizer, ids, 64, self.device).cpu().numpy()  # (B, H)
         dim = vectors.shape[1]
-        return batch.append_column("teacher", pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim))
+        pairs = batch.column("text_pair").to_pylist()
+        with_pair = [row for row, text in enumerate(pairs) if text is not None]
+        pair_vectors = np.zeros_like(vectors)
+        if with_pair:
+            pair_ids = token_ids(self.tokenizer, [pairs[row] for row in with_pair], self.max_seq_length)
+            pooled = pooled_in_input_order(self.teacher, self.tokenizer, pair_ids, 64, self.device).cpu().numpy()
+            pair_vectors[with_pair] = pooled
+        for name, values in (("teacher", vectors), ("teacher_pair", pair_vectors)):
+            batch = batch.append_column(name, pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim))
+        return batch
 
 
 def complete(directory: Path, rows: int) -> dict | None:
