@@ -20,13 +20,16 @@ import os
 from pathlib import Path
 
 from jobs.cli import run_command
+from jobs.presets import resolve_config
 from mtl.config import load_config
 from mtl.train.backbone_comparison import plan_comparison, run_comparison
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="base config (data, tasks, strategy, optimizer, budget)")
+    parser.add_argument(
+        "--config", required=True, help="base config (data, tasks, strategy, optimizer, budget), file or preset"
+    )
     parser.add_argument(
         "--backbones", required=True, help="comma-separated model directories or cached Hugging Face ids"
     )
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--latency-calls must be at least 1")
     backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    base = load_config(args.config, args.overrides)
+    base = load_config(resolve_config(args.config), args.overrides)
     output = Path(args.output or Path(base.run.storage_path) / "compare-backbones")
     trials = plan_comparison(base, backbones, args.steps)  # every backbone checked before Ray starts
 

@@ -16,13 +16,14 @@ import os
 from pathlib import Path
 
 from jobs.cli import run_command
+from jobs.presets import resolve_config
 from mtl.config import load_config
 from mtl.train.strategy_comparison import STRATEGIES, compare_strategies
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="base config (data, model, optimizer, budget)")
+    parser.add_argument("--config", required=True, help="base config (data, model, optimizer, budget): file or preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per strategy (default: the config's)")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
-    base = load_config(args.config, args.overrides)
+    base = load_config(resolve_config(args.config), args.overrides)
     output = Path(args.output or Path(base.run.storage_path) / "compare-strategies")
 
     import ray

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from jobs.cli import run_command
+from jobs.presets import resolve_config
 from mtl.config import load_config
 from mtl.data.contract import DataError
 from mtl.data.prepare import prepare
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shard-rows", type=int, default=20_000, help="rows per training shard (>= 1)")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of rows held out, in [0, 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", help="training config: label ids follow its tasks.*.labels order")
+    parser.add_argument("--config", help="training config (file or preset): label ids follow its tasks.*.labels order")
     args = parser.parse_args(argv)
     if args.shard_rows < 1:
         raise DataError(f"--shard-rows {args.shard_rows}: must be at least 1")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     sources = {task: Path(path) for task, path in _pairs(args.task, "--task").items()}
     tasks = None
     if args.config:
-        config = load_config(args.config)
+        config = load_config(resolve_config(args.config))
         unknown = [task for task in sources if task not in config.tasks]
         if unknown:
             parser.error(f"--task {unknown}: not in {args.config} (tasks: {list(config.tasks)})")

@@ -16,16 +16,17 @@ import json
 import os
 
 from jobs.cli import run_command
+from jobs.presets import resolve_config
 from mtl.config import load_config
 from mtl.train.preflight import plan_training
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="YAML file or shipped preset name (poc, production, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    config = load_config(resolve_config(args.config), args.overrides)
     # Config, data, backbone and run directory are checked before Ray starts (seconds, not a cluster start).
     plan = plan_training(config)
 

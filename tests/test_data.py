@@ -73,7 +73,10 @@ def test_skip_counts_across_files_and_reasons(make_config, tmp_path):
 
 def test_missing_column_and_wrong_type_name_file_and_column(make_config, tmp_path):
     path = write_parquet(tmp_path / "nolabel.parquet", {"text": ["a"], "task": ["topic"]})
-    with pytest.raises(DataError, match=r"nolabel.parquet: missing column 'label' .*needed from row 0 on; task 'topic' is a classification task"):
+    with pytest.raises(
+        DataError,
+        match=r"nolabel.parquet: missing column 'label' .*needed from row 0 on; task 'topic' is a classification",
+    ):
         read_validated([str(path)], config_for(make_config, path))
     path = write_parquet(tmp_path / "float.parquet", {**GOOD, "label": [1.0, 2.0]})
     with pytest.raises(DataError, match=r"float.parquet: column 'label' has type double, expected integer or string"):

@@ -1,6 +1,6 @@
 """README.md and docs/*.md cannot drift from the code: every `python -m jobs.<name>` / `jobs.bench.<name>` command
-line they show parses with that module's own argparse parser, every `--set` key validates against the line's
-`--config` preset, and every relative link points to an existing file and heading.
+line they show (and `mtl-<name>`, its console script) parses with that module's own argparse parser, every `--set`
+key validates against the line's `--config` preset, and every relative link points to an existing file and heading.
 
 Command lines come from fenced code blocks (backslash continuations joined, `  # comments` dropped) and from inline
 code spans in the text (the measurement captions, the benchmark table). `[...]` marks optional flags, which are
@@ -17,11 +17,13 @@ import argparse
 import importlib
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from jobs.presets import resolve_config
 from mtl.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +32,13 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 INLINE_CODE = re.compile(r"`([^`]+)`")
 COMMAND = re.compile(r"python -m (jobs(?:\.bench)?\.[A-Za-z_]\w*)(.*)", re.S)
+# `mtl-train` is `python -m jobs.train` ([project.scripts]); `mtl-serve` wraps `serve run`, no jobs module.
+SCRIPTS = {
+    script: "jobs." + script.removeprefix("mtl-").replace("-", "_")
+    for script in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    if script != "mtl-serve"
+}
+SCRIPT = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, SCRIPTS)) + r")(?![\w-])(.*)", re.S)
 ELLIPSIS = {"...", "…"}
 PLACEHOLDER = "<placeholder>"
 
@@ -40,6 +49,7 @@ SHOWN = {
     "jobs.embed",
     "jobs.prepare_data",
     "jobs.compare_strategies",
+    "jobs.compare_backbones",
     "jobs.bench.train",
     "jobs.bench.embed",
     "jobs.bench.serve",
@@ -94,10 +104,11 @@ def shown_commands() -> list[Shown]:
                     candidates.append((line.split("  #")[0], True))
         candidates += [(span.replace("\n", " "), False) for span in INLINE_CODE.findall(without_fences(text))]
         for line, fenced in candidates:
-            match = COMMAND.search(line)
+            match = COMMAND.search(line) or SCRIPT.search(line)
             if match:
                 words = tuple(split_words(match.group(2)))
-                found.append(Shown(doc.relative_to(ROOT).as_posix(), line.strip(), match.group(1), words, fenced))
+                module = SCRIPTS.get(match.group(1), match.group(1))
+                found.append(Shown(doc.relative_to(ROOT).as_posix(), line.strip(), module, words, fenced))
     return found
 
 
@@ -179,7 +190,7 @@ def test_shown_command_parses(shown: Shown, monkeypatch):
     config = getattr(args, "config", None)
     if config is not None and not is_placeholder(config):
         overrides = [value for value in getattr(args, "overrides", []) if not is_placeholder(value)]
-        load_config(config, overrides)  # every `--set` key exists and its value validates with the preset
+        load_config(resolve_config(config), overrides)  # every `--set` key exists and validates with the preset
     module = importlib.import_module(shown.module)
     if hasattr(module, "parse_options") and not skipped:
         module.parse_options(argv)  # jobs.embed: its option model too (pydantic, after argparse)

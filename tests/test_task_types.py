@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -222,3 +223,47 @@ def test_all_four_types_train_in_one_local_run_and_export(typed_config):
         assert handle.get_tensor("weight").shape[1] == 4 * manifest["hidden_size"]
         assert handle.metadata()["type"] == "pair_classification"
     assert not Path(result["export_dir"], "heads", "sts.safetensors").exists()  # similarity: no head
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_mixed_single_and_pair_rows_stream_through_ray_with_a_cached_teacher(typed_config, tmp_path):
+    """The Ray path: a contract file and a renamed source read as one union, the source's holdout as validation,
+    the teacher cache holding both texts of a pair row, two workers."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = typed_config(
+        train={"max_steps": 8, "micro_batch_size": 16, "eval_every": 8, "checkpoint_every": 8, "log_every": 4},
+        scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+        retain={"method": "distill"},
+    )
+    path = tmp_path / "typed.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--config", str(path)], capture_output=True, text=True, timeout=500,
+        env=env,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    train, _ = read_split(config, "train")
+    validation, _ = read_split(config, "validation")
+    assert result["rows"]["rows_out"] == train.num_rows
+    counts = {name: result["metrics"][name]["count"] for name in TASKS}
+    expected = np.bincount(validation.column("task_id").to_numpy(), minlength=4)
+    assert counts == dict(zip(TASKS, expected.tolist(), strict=True))  # every validation row scored once, by type
+    assert "sts" in result["similarity_before"] and np.isfinite(result["metrics"]["sts"]["spearman"])
+    output = completed.stdout + completed.stderr
+    assert f"teacher embeddings: computing {train.num_rows} rows" in output and "computed online" not in output
+    first_progress = next(line for line in output.splitlines() if "step 4/8" in line)
+    assert "loss/sts=nan" not in first_progress  # the source's rows are shuffled in, not read after the others
+    cache = sorted((tmp_path / "runs" / "teacher_cache").glob("*/*.parquet"))
+    cached = pa.concat_tables([pq.read_table(part) for part in cache])
+    pairs = np.asarray(cached.column("teacher_pair").to_pylist(), dtype=np.float32)
+    has_pair = np.asarray([text is not None for text in cached.column("text_pair").to_pylist()])
+    assert has_pair.any() and (np.abs(pairs[has_pair]).sum(axis=1) > 0).all()
+    assert (pairs[~has_pair] == 0).all()

@@ -186,13 +186,18 @@ def _epoch(
     every_row_once = config.data.sampling == "proportional" and config.data.long_text_words is None
     task_rates = None if every_row_once else [rates[name] for name in config.task_names]
     if teacher_files is None:
-        return read_rows(files, config, task_rates, row_ids=True), epoch_rows
-    dataset = ray.data.read_parquet(teacher_files, num_cpus=DATA_TASK_CPUS)  # rows keep their source `row_id`
-    if task_rates is not None:
-        dataset = dataset.map_batches(
-            resample_rows,
-            fn_kwargs={"config_json": config.model_dump_json(), "rates": task_rates},
-            batch_format="pyarrow",
-            num_cpus=DATA_TASK_CPUS,
-        )
+        dataset = read_rows(files, config, task_rates, row_ids=True)
+    else:
+        dataset = ray.data.read_parquet(teacher_files, num_cpus=DATA_TASK_CPUS)  # rows keep their source `row_id`
+        if task_rates is not None:
+            dataset = dataset.map_batches(
+                resample_rows,
+                fn_kwargs={"config_json": config.model_dump_json(), "rates": task_rates},
+                batch_format="pyarrow",
+                num_cpus=DATA_TASK_CPUS,
+            )
+    if config.data.sources:
+        # A stream reads its files in order: a source's rows would all come at the end of the epoch (its task in
+        # none of the batches before). Shuffled whole, every epoch afresh, they mix with the rest from the start.
+        dataset = dataset.random_shuffle()
     return dataset, epoch_rows

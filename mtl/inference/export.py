@@ -18,6 +18,7 @@ export/
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -44,12 +45,26 @@ def _git_commit() -> str | None:
 
 
 def _sentence_transformers_files(directory: Path, pooling: str, max_seq_length: int) -> None:
-    """modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/ as sentence-transformers writes them."""
+    """modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/ in the layout every sentence-transformers
+    version reads (3.x to 6.x checked by tests/test_export_st_versions.py). sentence-transformers saves the
+    Transformer first (tokenizer `model_max_length`, config_sentence_transformers.json); the files that name and
+    configure the modules are then rewritten in the older format, which all of them read."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
+    # modules.json types and config keys as sentence-transformers 2.x wrote them (all-MiniLM-L6-v2's files): every
+    # version since reads them, 6.x without a warning. What 6.x writes itself (`sentence_transformers.base.modules...`,
+    # Pooling's `embedding_dimension`) fails in 3.x-5.x, and so in Infinity, which pins sentence-transformers < 4.
+    legacy_modules = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
+    legacy_pooling_flags = {
+        "cls": "pooling_mode_cls_token",
+        "mean": "pooling_mode_mean_tokens",
+        "max": "pooling_mode_max_tokens",
+    }
+    assert pooling in legacy_pooling_flags, f"pooling {pooling!r} is not one of {sorted(legacy_pooling_flags)}"
     transformer = Transformer(str(directory), max_seq_length=max_seq_length)
-    pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
+    dimension = transformer.get_embedding_dimension()
+    pooler = Pooling(dimension, pooling_mode=pooling)
     model = SentenceTransformer(modules=[transformer, pooler, Normalize()], device="cpu")
     quiet = logging.getLogger("sentence_transformers")
     level = quiet.level
@@ -58,6 +73,30 @@ def _sentence_transformers_files(directory: Path, pooling: str, max_seq_length: 
         model.save(str(directory), create_model_card=False)
     finally:
         quiet.setLevel(level)
+
+    def write(name: str, content) -> None:
+        (directory / name).write_text(json.dumps(content, indent=2) + "\n")
+
+    write(
+        "modules.json",
+        [
+            {"idx": idx, "name": str(idx), "path": path, "type": f"sentence_transformers.models.{kind}"}
+            for idx, (path, kind) in enumerate(legacy_modules)
+        ],
+    )
+    write("sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+    write(
+        "1_Pooling/config.json",
+        {"word_embedding_dimension": dimension}
+        | {flag: mode == pooling for mode, flag in legacy_pooling_flags.items()}
+        | {"pooling_mode_mean_sqrt_len_tokens": False},
+    )
+    # 2_Normalize/config.json stays as 6.x wrote it: older versions ignore it. Nothing here needs 6.x any more, so
+    # drop its version, which every older version warns about ("created with version 6.2.0 ... might cause errors").
+    settings_file = directory / "config_sentence_transformers.json"
+    settings = json.loads(settings_file.read_text())
+    settings.get("__version__", {}).pop("sentence_transformers", None)
+    write(settings_file.name, settings)
 
 
 def new_version_dir(directory: Path, steps: int | str) -> Path:

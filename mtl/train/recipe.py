@@ -9,6 +9,7 @@ on a host without Ray and the benchmark baseline. Checkpoints and exports: `mtl.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -104,11 +105,14 @@ def measure_stsb(engine, probe: StsbProbe | None, config: Config) -> float:
     return value
 
 
-def metric_summary(name: str, metrics: dict, config: Config) -> str:
-    """One task's validation figures for the progress line, by its type."""
+def metric_summary(name: str, metrics: dict, config: Config, before: dict) -> str:
+    """One task's validation figures for the progress line, by its type (similarity: with the change from the
+    starting encoder)."""
     kind = config.tasks[name].type
     if kind == "similarity":
         figures = f"spearman={metrics['spearman']:.4f} pearson={metrics['pearson']:.4f}"
+        if name in before:
+            figures += f" ({metrics['spearman'] - before[name]['spearman']:+.4f} from the start)"
     elif kind == "multilabel":
         figures = f"micro_f1={metrics['micro_f1']:.4f} macro_f1={metrics['macro_f1']:.4f}"
     else:
@@ -157,6 +161,7 @@ class Recipe:
         )
         self.retention = l2sp or self._distill_or_none()
         self.probe, self.stsb_before = self._stsb_probe()
+        self.similarity_before = self._similarity_before()
         self.step, self.state = resume(self.engine, session)
         self.row_log = RowLog(session.run_dir, session.rank) if config.train.log_rows else None
         if self.row_log:
@@ -194,6 +199,22 @@ class Recipe:
         if session.rank == 0:
             print(f"STS-B Spearman of the starting encoder ({config.data.stsb}): {before:.4f}", flush=True)
         return probe, before
+
+    def _similarity_before(self) -> dict:
+        """Each similarity task's validation figures on the starting encoder (before any step or checkpoint): what
+        training it is measured against."""
+        config = self.config
+        if not any(task.type == "similarity" for task in config.tasks.values()):
+            return {}
+        metrics = validation_metrics(self.engine, self.session, self.tokenizer, config)
+        before = {
+            name: {key: metrics[name][key] for key in ("spearman", "pearson", "count")}
+            for name, task in config.tasks.items()
+            if task.type == "similarity" and metrics[name]["count"]
+        }
+        if self.session.rank == 0 and before:
+            print(f"similarity on validation, starting encoder: {json.dumps(before)}", flush=True)
+        return before
 
     def train(self) -> dict:
         """The loop: one optimizer step at a time; validation and checkpoints when due; then `finish`."""
@@ -276,7 +297,7 @@ class Recipe:
         budget = config.retain.max_stsb_drop
         within_budget = stsb is None or budget is None or stsb["drop"] <= budget
         if session.rank == 0:
-            summary = " ".join(metric_summary(name, m, config) for name, m in metrics.items())
+            summary = " ".join(metric_summary(name, m, config, self.similarity_before) for name, m in metrics.items())
             if stsb:
                 summary += f" stsb: {stsb['spearman']:.4f} ({-stsb['drop']:+.4f})"
             print(f"validation step {step}: {summary}", flush=True)
@@ -309,6 +330,8 @@ class Recipe:
             "metrics": self.metrics, "steps": step, "best_score": self.state["best"],
             "throughput": self.throughput.as_dict(),
         }  # fmt: skip
+        if self.similarity_before:
+            result["similarity_before"] = self.similarity_before
         if self.probe:
             final = self._stsb_now() if self.stsb is None else self.stsb
             result["retention"] = retention_summary(final, self.state["best_stsb"], config.retain.max_stsb_drop)

@@ -57,11 +57,20 @@ def cache_key(config: Config, files: list[str]) -> dict:
         "pooling": resolve_pooling(config.model.pooling, encoder_dir),
         "max_seq_length": config.model.max_seq_length,
         "precision": config.train.precision,
-        "columns": [data.text_column, data.task_column, data.label_column, data.text_pair_column, data.score_column,
-                    data.labels_column, data.on_bad_rows],  # fmt: skip
+        "columns": [
+            data.text_column,
+            data.task_column,
+            data.label_column,
+            data.text_pair_column,
+            data.score_column,
+            data.labels_column,
+            data.on_bad_rows,
+        ],  # fmt: skip
         "sources": [source.model_dump(mode="json") for source in data.sources],
-        "tasks": {name: task.model_dump(mode="json", include={"type", "labels", "score_range"})
-                  for name, task in config.tasks.items()},  # fmt: skip
+        "tasks": {
+            name: task.model_dump(mode="json", include={"type", "labels", "score_range"})
+            for name, task in config.tasks.items()
+        },  # fmt: skip
         "files": [file_digest(Path(path)) for path in files],
     }
 

@@ -76,8 +76,10 @@ def evaluate(engine, batches: Iterable[dict], config: Config, world_size: int) -
         gathered: list[dict] = [None] * world_size  # type: ignore[list-item]
         dist.all_gather_object(gathered, local)
         local = {
-            name: {key: np.concatenate([part[name][key] for part in gathered if key in part[name]])
-                   for key in set().union(*(part[name] for part in gathered))}  # fmt: skip
+            name: {
+                key: np.concatenate([part[name][key] for part in gathered if key in part[name]])
+                for key in set().union(*(part[name] for part in gathered))
+            }  # fmt: skip
             for name in config.task_names
         }
     return {name: task_metrics(local[name], config.tasks[name]) for name in config.task_names}
@@ -95,5 +97,3 @@ def selection_score(metrics: dict, config: Config) -> float:
         value = metrics.get(name, {}).get(metric)
         values.append(0.0 if value is None or not np.isfinite(value) else float(value))
     return float(np.mean(values))
-
-
