@@ -2,14 +2,19 @@
 
     python -m jobs.embed --model runs/production/export --input '../shared/data/sst2/train-*.parquet' \
         --output runs/embeddings/sst2 [--tasks all] [--precision bf16] [--keep-columns label]
+    python -m jobs.embed --model runs/production/export --input pairs.parquet --output runs/embeddings/pairs \
+        --text-column sentence1 --text-pair-column sentence2 --tasks all
 
 Through a cluster: ray job submit --working-dir . -- python -m jobs.embed ... (paths as the cluster sees them).
 Output: Parquet files `part-<first input row>.parquet`; read in name order, their rows are in input order (rows
-skipped by --on-empty skip left out). Columns: the kept input columns, `embedding` (fixed-size list<float32>), and with
---tasks per task `<task>_label`, `<task>_label_id`, `<task>_score`. `_jobs_embed.json` in the output records the job
-(model, counts); --overwrite replaces only a directory holding one. The last stdout line is one JSON object: rows
-in/out, rows skipped by reason, seconds, rows/s, output path. A bad flag, file, column or output prints one line
-`error: ...` and exits 2 before Ray starts (--debug shows the traceback).
+skipped by --on-empty skip left out). Columns: the kept input columns, `embedding` (fixed-size list<float32>, of the
+--text-column text), and with --tasks per task: classification and pair_classification `<task>_label`,
+`<task>_label_id`, `<task>_score`; similarity `<task>_score` (on the task's score range) and `<task>_cosine`;
+multilabel `<task>_labels` (list<string>) and `<task>_probabilities` (list<float>, label order). Pair tasks score
+(text, --text-pair-column) per row; `--tasks all` includes them only with --text-pair-column. `_jobs_embed.json` in
+the output records the job (model, counts); --overwrite replaces only a directory holding one. The last stdout line
+is one JSON object: rows in/out, rows skipped by reason, seconds, rows/s, output path. A bad flag, file, column or
+output prints one line `error: ...` and exits 2 before Ray starts (--debug shows the traceback).
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ def parse_options(argv: list[str] | None) -> EmbedOptions:
     parser.add_argument("--input", required=True, action="append", help="Parquet file or glob (repeatable)")
     parser.add_argument("--output", required=True, help="output directory of Parquet files")
     parser.add_argument("--text-column", default="text")
+    parser.add_argument("--text-pair-column", help="second text of each row, for pair tasks (pair_classification, "
+                        "similarity)")  # fmt: skip
     parser.add_argument("--keep-columns", default="", help="comma-separated input columns copied to the output")
-    parser.add_argument("--tasks", default="", help="'all' or comma-separated task names to score")
+    parser.add_argument("--tasks", default="", help="'all' (every task the columns allow) or comma-separated task "
+                        "names to score")  # fmt: skip
     parser.add_argument("--no-normalize", action="store_true", help="raw pooled vectors instead of unit length")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch (default 256)")

@@ -15,7 +15,6 @@ import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator

@@ -1,14 +1,15 @@
 """The application builder: `serve run serve_app/serve_config.yaml` imports `serve_app.app:build_app`.
 
 HTTP -> Ingress (FastAPI, batches requests: batching.py) --one call per batch--> Encoder (forward passes)
-                                                        --one call per batch--> head_<task> (one per task in the export)
+                                                        --one call per batch--> head_<task> (one per task in the export
+                                                                                that has a head: not similarity)
 """
 
 from __future__ import annotations
 
 from ray.serve import Application
 
-from mtl.export_format import model_info, read_manifest
+from mtl.export_format import model_info, read_manifest, task_type
 from serve_app.args import AppArgs
 from serve_app.encoder import Encoder
 from serve_app.guards import check_exposure
@@ -45,6 +46,7 @@ def build_app(args: AppArgs) -> Application:
             max_ongoing_requests=args.max_ongoing_requests * 4,  # cheap calls: never make the router wait
         ).bind(str(model_dir), task)
         for task in manifest["tasks"]
+        if task_type(manifest, task) != "similarity"  # no head: the ingress computes its cosine
     }
     limits = {
         **args.model_dump(

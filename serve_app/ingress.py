@@ -1,8 +1,10 @@
 """`Ingress` deployment: the FastAPI app. Concurrent requests are batched here, before any hop.
 
 Each request's texts wait (`serve_app.batching.Batcher`, no fixed delay by default) for the requests that arrive
-while the previous batch is in flight; the batch makes one encoder call and one call per head it needs, and each
-request gets its rows back. Hops per request fall from 1 + heads to (1 + heads) / batch. Responses skip FastAPI's
+while the previous batch is in flight; the batch makes one encoder call for its distinct texts and one call per head
+it needs, and each request gets its rows back. Hops per request fall from 1 + heads to (1 + heads) / batch. A pair
+request's two texts are encoded like any others; a pair_classification head gets the two pooled batches, and a
+similarity task (no head) is the cosine of the two vectors, computed here. Responses skip FastAPI's
 re-validation (the routes build them from typed values) but keep their schemas in /openapi.json.
 
 Failures stay with their request: a text the model cannot encode is a 422 at the schema (schemas.py), a batch that
@@ -24,7 +26,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mtl.inference import label_entries, normalize_rows, pair_cosine, select_tasks
+from mtl.inference.exported_model import normalize_rows, pair_cosine, select_typed_tasks, task_entries, task_outputs
 from serve_app.batching import Batcher
 from serve_app.errors import http_error, internal_error, invalid_request
 from serve_app.guards import BodyLimit, check_exposure, check_token
@@ -69,7 +71,7 @@ class Ingress:
         check_exposure(limits["host"], limits["auth_token_env"], limits["allow_unauthenticated"])
         self.encoder = encoder
         self.heads = heads
-        self.info = info  # tasks -> labels, pooling, dim, max_seq_length, provenance, metrics
+        self.info = info  # model_info: tasks -> labels, task_info (types), pooling, dim, provenance, metrics, ...
         self.model_dir = model_dir  # its tokenizer counts /v1/embeddings usage
         self.limits = limits  # max_texts, max_chars, max_body_bytes, call_timeout_s, ...
         api.state.auth_token_env = limits["auth_token_env"]
@@ -83,7 +85,9 @@ class Ingress:
         self.batches.max_batch_size = int(user_config.get("max_batch_size", self.batches.max_batch_size))
         self.batches.wait_s = float(user_config.get("batch_wait_timeout_s", self.batches.wait_s))
 
-    def _check_limits(self, texts: list[str], field: str) -> None:
+    def _check_limits(self, texts: list[str], field: str, pairs: bool = False) -> None:
+        """At most `max_texts` texts (a pair is two) of at most `max_chars` characters each, else a 413 naming the
+        field and the text's place."""
         if len(texts) > self.limits["max_texts"]:
             raise HTTPException(
                 status_code=413,
@@ -92,9 +96,10 @@ class Ingress:
             )
         for index, text in enumerate(texts):
             if len(text) > self.limits["max_chars"]:
+                where = f"{field}[{index // 2}][{index % 2}]" if pairs else f"{field}[{index}]"
                 raise HTTPException(
                     status_code=413,
-                    detail=f"{field}[{index}]: {len(text)} characters, at most {self.limits['max_chars']}",
+                    detail=f"{where}: {len(text)} characters, at most {self.limits['max_chars']}",
                 )
 
     async def _call(self, response):
@@ -109,27 +114,41 @@ class Ingress:
             response.cancel()
             raise _retry_later(f"no model answer within {self.limits['call_timeout_s']} s, retry later") from error
 
-    async def _infer(self, calls: list[tuple[list[str], tuple[str, ...]]]) -> list[tuple[np.ndarray, dict]]:
-        """Concurrent requests -> one encoder call for their distinct texts and one call per head they need."""
-        unique = list(dict.fromkeys(text for texts, _ in calls for text in texts))
+    async def _infer(self, calls: list[tuple[list[str], tuple[str, ...], bool]]) -> list[tuple[np.ndarray, dict]]:
+        """Concurrent requests (texts, tasks, whether the texts are pairs [a0, b0, a1, b1, ...]) -> one encoder call
+        for their distinct texts and one call per head they need, each distinct input (a row, or a pair of rows) once.
+        Per request: its rows' vectors and task -> outputs (one per text, or per pair)."""
+        unique = list(dict.fromkeys(text for texts, _, _ in calls for text in texts))
         vectors = await self._call(self.encoder.encode.remote(unique))
         index = {text: row for row, text in enumerate(unique)}
-        rows = [np.fromiter((index[text] for text in texts), dtype=np.int64, count=len(texts)) for texts, _ in calls]
-        needed = list(dict.fromkeys(task for _, tasks in calls for task in tasks))
-        wanted = {task: [i for i, (_, tasks) in enumerate(calls) if task in tasks] for task in needed}
-        inputs = {task: np.unique(np.concatenate([rows[i] for i in wanted[task]])) for task in needed}
-        outputs = await asyncio.gather(*(self._call(self.heads[task].remote(vectors[inputs[task]])) for task in needed))
+        rows = [np.fromiter((index[text] for text in texts), dtype=np.int64, count=len(texts)) for texts, _, _ in calls]
+        inputs = [row.reshape(-1, 2) if pairs else row[:, None] for row, (_, _, pairs) in zip(rows, calls, strict=True)]
+        needed = list(dict.fromkeys(task for _, tasks, _ in calls for task in tasks))
+        distinct, where = {}, {}  # task -> its distinct inputs (n, 1 or 2); task -> request -> positions in them
+        for task in needed:
+            wanted = [i for i, (_, tasks, _) in enumerate(calls) if task in tasks]
+            stacked = np.concatenate([inputs[i] for i in wanted])
+            distinct[task], inverse = np.unique(stacked, axis=0, return_inverse=True)
+            bounds = np.cumsum([0] + [len(inputs[i]) for i in wanted])
+            where[task] = {i: inverse.reshape(-1)[bounds[k] : bounds[k + 1]] for k, i in enumerate(wanted)}
+        outputs = await asyncio.gather(*(self._task_outputs(task, vectors, distinct[task]) for task in needed))
         results = []
-        for i, (_, tasks) in enumerate(calls):
-            probabilities = {}
-            for task, output in zip(needed, outputs, strict=True):
-                if task in tasks:
-                    probabilities[task] = output[np.searchsorted(inputs[task], rows[i])]
-            results.append((vectors[rows[i]], probabilities))
+        for i in range(len(calls)):
+            mine = {task: out[where[task][i]] for task, out in zip(needed, outputs, strict=True) if i in where[task]}
+            results.append((vectors[rows[i]], mine))
         return results
 
-    async def _pooled(self, texts: list[str], tasks: tuple[str, ...] = ()) -> tuple[np.ndarray, dict]:
-        return await self.batches((texts, tasks))
+    async def _task_outputs(self, task: str, vectors: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        """One task's outputs (`mtl.inference.exported_model.task_outputs`) for `inputs` `(n, 1)` rows or `(n, 2)`
+        pairs of rows of `vectors`: from its head deployment, or for a similarity task the cosine, here."""
+        columns = [vectors[inputs[:, side]] for side in range(inputs.shape[1])]  # (n, H) each
+        if task not in self.heads:  # similarity: no head
+            return task_outputs(self.info["task_info"][task]["type"], None, *columns)
+        return await self._call(self.heads[task].remote(*columns))
+
+    async def _pooled(self, texts: list[str], tasks: tuple[str, ...] = (), pairs: bool = False) -> tuple:
+        """(vectors of `texts`, task -> outputs) through the request batcher; `pairs`: texts are [a0, b0, a1, ...]."""
+        return await self.batches((texts, tasks, pairs))
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -183,14 +202,24 @@ class Ingress:
 
     @api.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(check_token)])
     async def predict(self, body: PredictRequest) -> JSONResponse:
-        self._check_limits(body.texts, "texts")
+        """`texts` for the single-text tasks (classification, multilabel) or `pairs` for the pair tasks
+        (pair_classification, similarity); one prediction object per text or pair."""
+        pairs = body.pairs is not None
+        field = "pairs" if pairs else "texts"
+        texts = [text for pair in body.pairs for text in pair] if pairs else body.texts
+        self._check_limits(texts, field, pairs)
         try:
-            tasks = select_tasks(list(self.heads), body.tasks)
+            tasks = select_typed_tasks(self.info["task_info"], body.tasks, pairs)
         except ValueError as error:
             raise HTTPException(status_code=422, detail=f"tasks: {error}") from error
-        _, outputs = await self._pooled(body.texts, tuple(tasks))
-        entries = {task: label_entries(self.info["tasks"][task], outputs[task]) for task in tasks}
-        predictions = [{task: entries[task][row] for task in tasks} for row in range(len(body.texts))]
+        if not tasks:
+            kind = "pair" if pairs else "single-text"
+            types = {task: item["type"] for task, item in self.info["task_info"].items()}
+            raise HTTPException(status_code=422, detail=f"{field}: this model has no {kind} task; its tasks: {types}")
+        _, outputs = await self._pooled(texts, tuple(tasks), pairs)
+        entries = {task: task_entries(self.info["task_info"][task], outputs[task]) for task in tasks}
+        count = len(texts) // 2 if pairs else len(texts)
+        predictions = [{task: entries[task][row] for task in tasks} for row in range(count)]
         return JSONResponse({"predictions": predictions})
 
     @api.post("/v1/similarity", response_model=SimilarityResponse, dependencies=[Depends(check_token)])

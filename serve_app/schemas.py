@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator, model_validator
 
 # Characters a text may not hold, refused here (422) so they never reach a batch shared with other requests.
 # A lone surrogate (U+D800-U+DFFF) is a valid JSON escape but has no UTF-8 form: the tokenizer raises on it, and
@@ -26,13 +26,26 @@ def _unencodable(text: str) -> str | None:
     return f"U+{code:04X} ({kind}) at character {found.start()}, which cannot be encoded"
 
 
-def _check_texts(texts: list[str]) -> list[str]:
-    for index, text in enumerate(texts):
+def _check_texts(texts: list[str] | None) -> list[str] | None:
+    for index, text in enumerate(texts or ()):
         if not text.strip():
             raise ValueError(f"text at index {index} is empty")
         if problem := _unencodable(text):
             raise ValueError(f"text at index {index} holds {problem}")
     return texts
+
+
+def _check_pairs(pairs: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+    for index, pair in enumerate(pairs or ()):
+        for side, text in enumerate(pair):
+            if not text.strip():
+                raise ValueError(f"pair at index {index} has an empty text")
+            if problem := _unencodable(text):
+                raise ValueError(f"pair at index {index}, text {side} holds {problem}")
+    return pairs
+
+
+Pair = tuple[StrictStr, StrictStr]
 
 
 class EmbedRequest(BaseModel):
@@ -51,39 +64,73 @@ class EmbedResponse(BaseModel):
 
 
 class PredictRequest(BaseModel):
+    """Exactly one of `texts` (scored by the single-text tasks: classification, multilabel) or `pairs` (scored by the
+    pair tasks: pair_classification, similarity)."""
+
     model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(min_length=1, description=TEXT_RULES, examples=[["a gripping , beautiful film"]])
-    tasks: list[StrictStr] | None = Field(None, min_length=1, description="task names; omitted = all tasks")
+    texts: list[StrictStr] | None = Field(
+        None, min_length=1, description=f"single texts; {TEXT_RULES}", examples=[["a gripping , beautiful film"]]
+    )
+    pairs: list[Pair] | None = Field(
+        None,
+        min_length=1,
+        description=f"[text, text_pair] pairs for pair tasks; {TEXT_RULES}",
+        examples=[[["a man is playing a guitar", "someone plays an instrument"]]],
+    )
+    tasks: list[StrictStr] | None = Field(
+        None,
+        min_length=1,
+        description="task names; omitted = every task of the input's kind (single-text tasks for texts, pair tasks "
+        "for pairs); a task of the other kind is a 422",
+    )
 
     _check = field_validator("texts")(_check_texts)
+    _check_both = field_validator("pairs")(_check_pairs)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PredictRequest:
+        if (self.texts is None) == (self.pairs is None):
+            given = "both" if self.texts is not None else "neither"
+            raise ValueError(f"texts or pairs: give exactly one of them (texts for single-text tasks, pairs for pair "
+                             f"tasks), {given} given")  # fmt: skip
+        return self
 
 
 class TaskPrediction(BaseModel):
-    label: str
-    label_id: int
-    probabilities: dict[str, float]
+    """classification and pair_classification: the most probable label."""
+
+    label: str = Field(description="the most probable label's name")
+    label_id: int = Field(description="its id (position in the task's labels)")
+    probabilities: dict[str, float] = Field(description="every label's probability (softmax, sums to 1)")
+
+
+class MultilabelPrediction(BaseModel):
+    """multilabel: every label whose probability reaches its threshold."""
+
+    labels: list[str] = Field(description="the chosen labels' names, in label order (may be empty)")
+    label_ids: list[int] = Field(description="their ids")
+    probabilities: dict[str, float] = Field(description="every label's own probability (sigmoid; no sum)")
+    thresholds: dict[str, float] = Field(description="each label's threshold, chosen on validation data")
+
+
+class SimilarityPrediction(BaseModel):
+    """similarity: the pair's cosine, and the same on the task's score scale."""
+
+    score: float = Field(description="lo + clamp(cosine, 0, 1) * (hi - lo), [lo, hi] the task's score_range")
+    cosine: float = Field(description="cosine of the two texts' embeddings")
 
 
 class PredictResponse(BaseModel):
-    predictions: list[dict[str, TaskPrediction]]
+    predictions: list[dict[str, TaskPrediction | MultilabelPrediction | SimilarityPrediction]] = Field(
+        description="one object per text or pair, in request order: task name -> that task type's prediction"
+    )
 
 
 class SimilarityRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    pairs: list[tuple[StrictStr, StrictStr]] = Field(
-        min_length=1, description=TEXT_RULES, examples=[[["a cat sits", "a cat is sitting"]]]
-    )
+    pairs: list[Pair] = Field(min_length=1, description=TEXT_RULES, examples=[[["a cat sits", "a cat is sitting"]]])
 
-    @field_validator("pairs")
-    @classmethod
-    def _check_pairs(cls, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        for index, pair in enumerate(pairs):
-            for side, text in enumerate(pair):
-                if not text.strip():
-                    raise ValueError(f"pair at index {index} has an empty text")
-                if problem := _unencodable(text):
-                    raise ValueError(f"pair at index {index}, text {side} holds {problem}")
-        return pairs
+    _check = field_validator("pairs")(_check_pairs)
 
 
 class SimilarityResponse(BaseModel):
@@ -132,8 +179,24 @@ class OpenAIEmbeddingResponse(BaseModel):
     usage: OpenAIUsage
 
 
+class TaskInfo(BaseModel):
+    """One task of the served export."""
+
+    type: Literal["classification", "pair_classification", "similarity", "multilabel"] = Field(
+        description="classification and multilabel score `texts`, pair_classification and similarity `pairs`"
+    )
+    labels: list[str] = Field(description="label names in id order (none for similarity)")
+    thresholds: list[float] | None = Field(None, description="multilabel: each label's threshold")
+    score_range: tuple[float, float] | None = Field(None, description="similarity: [lo, hi] of the served score")
+    validation: dict[str, float] = Field(
+        description="the export's validation metrics for this task (accuracy/macro_f1; similarity: spearman/pearson; "
+        "multilabel: micro_f1/macro_f1)"
+    )
+
+
 class ModelInfo(BaseModel):
     tasks: dict[str, list[str]]
+    task_info: dict[str, TaskInfo]
     pooling: str
     dim: int
     max_seq_length: int

@@ -335,6 +335,43 @@ def test_an_export_with_other_tasks_serves_with_the_shipped_config(served, tiny_
         served.deploy(original)
 
 
+def test_an_export_with_every_task_type_serves_pairs_and_label_sets(served, tiny_backbone, tmp_path):
+    """Under Serve: a head deployment per task that has one (none for similarity), pair requests through the pair
+    head's two pooled batches, multilabel sets, each equal to the offline model."""
+    tasks = {
+        "sentiment": ["negative", "positive"],
+        "nli": {"type": "pair_classification", "labels": ["entailment", "neutral", "contradiction"]},
+        "sts": {"type": "similarity", "score_range": [0, 5]},
+        "tags": {"type": "multilabel", "labels": ["a", "b", "c"]},
+    }
+    export = make_tiny_export(tmp_path / "export", tiny_backbone, tasks=tasks)
+    original = served.config
+    config = copy.deepcopy(original)
+    config["applications"][0].pop("deployments", None)
+    config["applications"][0]["args"]["model_dir"] = str(export)
+    pairs = [["a man plays a guitar", "someone plays an instrument"], ["stocks fell", "stocks fell"]]
+    try:
+        served.deploy(config)
+        deadline = time.monotonic() + 90
+        while set((info := requests.get(f"{served.url}/v1/model", timeout=10).json())["tasks"]) != set(tasks):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert set(info["heads"]) == {"sentiment", "nli", "tags"}
+        assert info["task_info"]["sts"]["type"] == "similarity"
+        offline = ExportedModel.load(export)
+        got = post(served, "/v1/predict", {"pairs": pairs}).json()["predictions"]
+        for row, want in zip(got, offline.predict_pairs(pairs), strict=True):
+            assert row["nli"]["label"] == want["nli"]["label"]
+            assert row["nli"]["probabilities"] == pytest.approx(want["nli"]["probabilities"], abs=1e-5)
+            assert row["sts"] == pytest.approx(want["sts"], abs=1e-5)
+        got = post(served, "/v1/predict", {"texts": TEXTS}).json()["predictions"]
+        for row, want in zip(got, offline.predict(TEXTS), strict=True):
+            assert row["tags"]["labels"] == want["tags"]["labels"]
+            assert row["sentiment"]["label"] == want["sentiment"]["label"]
+    finally:
+        served.deploy(original)
+
+
 def test_a_killed_encoder_replica_under_load_recovers_without_hangs(served):
     from jobs.bench.serve import kill_under_load
 

@@ -1,9 +1,10 @@
 """Offline embedding/scoring on Ray Data: Parquet in -> `ExportedModel` on an actor pool -> Parquet out.
 
-The pre-flight reads only the schemas and the text column of each input file, so a wrong column,
+The pre-flight reads only the schemas and the text columns of each input file, so a wrong column,
 a wrong type or (with `on_empty="error"`) a null/empty text is reported with its file and row before
-any Ray work starts. Output goes to a staging directory renamed into place at the end: a failed run
-leaves nothing that looks finished.
+any Ray work starts. With `text_pair_column`, each row is also a pair (text, text_pair) for the export's pair
+tasks; embeddings stay those of `text_column`. Output goes to a staging directory renamed into place at the end: a
+failed run leaves nothing that looks finished.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.data import Datasink
 
+from mtl.config import PAIR_TYPES
 from mtl.data.contract import DataError, check_utf8, expand_paths, read_schema
 from mtl.errors import UserError
-from mtl.export_format import UnknownTask, read_manifest, select_tasks
+from mtl.export_format import UnknownTask, read_manifest, select_tasks, task_info
 
 # Written into every finished output: what made it. `--overwrite` replaces only a directory that holds one.
 OUTPUT_MARKER = "_jobs_embed.json"
@@ -46,8 +48,9 @@ class EmbedOptions(BaseModel):
     inputs: list[str]
     output: str
     text_column: str = "text"
+    text_pair_column: str | None = None  # the second text of each row, for pair tasks
     keep_columns: list[str] = Field(default_factory=list)
-    tasks: list[str] = Field(default_factory=list)  # [] embeddings only, ["all"] every task, else task names
+    tasks: list[str] = Field(default_factory=list)  # [] embeddings only, ["all"] every task the inputs allow, or names
     normalize: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: int = Field(256, ge=1)  # rows per Ray Data batch; sorted by length and encoded in chunks of 64
@@ -58,6 +61,12 @@ class EmbedOptions(BaseModel):
     on_empty: Literal["error", "skip"] = "error"
     overwrite: bool = False
 
+    @model_validator(mode="after")
+    def _two_columns(self) -> EmbedOptions:
+        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
+            raise ValueError(f"text_pair_column: {self.text_pair_column!r} is the text column; name the second text's")
+        return self
+
 
 def empty_mask(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """True where a text is null or only whitespace."""
@@ -65,30 +74,45 @@ def empty_mask(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.fill_null(pc.equal(pc.utf8_length(stripped), 0), True).to_numpy(zero_copy_only=False)
 
 
+def text_columns(options: EmbedOptions) -> dict[str, str]:
+    """The string columns every row needs -> the reason a null/empty one is counted under."""
+    columns = {options.text_column: "empty_text"}
+    if options.text_pair_column:
+        columns[options.text_pair_column] = "empty_text_pair"
+    return columns
+
+
 def check_inputs(options: EmbedOptions) -> tuple[list[str], dict]:
-    """Check every input file's columns and texts; return the files and row counts (in, skipped by reason)."""
+    """Check every input file's columns and texts (and second texts); return the files and row counts (in, skipped
+    by reason; a row empty in both text columns counts once, under its text's reason)."""
     files = expand_paths(options.inputs, "--input")
     counts = {"rows_in": 0, "skipped": {}}
-    needed = [options.text_column, *options.keep_columns]
+    columns = text_columns(options)
+    needed = [*columns, *options.keep_columns]
     for path in files:
         schema = read_schema(path, "--input")
         missing = [name for name in needed if name not in schema.names]
         if missing:
-            raise DataError(f"{path}: no column(s) {missing} (has {schema.names}); see --text-column/--keep-columns")
-        text_type = schema.field(options.text_column).type
-        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-            raise DataError(f"{path}: column {options.text_column!r} is {text_type}, expected string")
-        texts = read_text_column(path, options.text_column)
-        empty = empty_mask(texts)
-        counts["rows_in"] += len(texts)
-        if empty.any():
-            if options.on_empty == "error":
+            raise DataError(f"{path}: no column(s) {missing} (has {schema.names}); see --text-column/"
+                            "--text-pair-column/--keep-columns")  # fmt: skip
+        for column in columns:
+            text_type = schema.field(column).type
+            if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+                raise DataError(f"{path}: column {column!r} is {text_type}, expected string")
+        empties = {column: empty_mask(read_text_column(path, column)) for column in columns}
+        counted = np.zeros(len(empties[options.text_column]), dtype=bool)
+        counts["rows_in"] += len(counted)
+        for column, empty in empties.items():
+            if empty.any() and options.on_empty == "error":
                 rows = np.flatnonzero(empty)[:5].tolist()
                 raise DataError(
-                    f"{path}: {int(empty.sum())} null or empty text(s) in column {options.text_column!r} "
+                    f"{path}: {int(empty.sum())} null or empty text(s) in column {column!r} "
                     f"(rows {rows}{'...' if empty.sum() > 5 else ''}); pass --on-empty skip to drop and count them"
                 )
-            counts["skipped"]["empty_text"] = counts["skipped"].get("empty_text", 0) + int(empty.sum())
+            fresh = int((empty & ~counted).sum())  # a row empty in both columns counts once
+            if fresh:
+                counts["skipped"][columns[column]] = counts["skipped"].get(columns[column], 0) + fresh
+            counted |= empty
     return files, counts
 
 
@@ -125,14 +149,51 @@ def read_text_column(path: str, column: str) -> pa.ChunkedArray:
     return texts
 
 
-def resolve_tasks(known: list[str], tasks: list[str]) -> list[str]:
-    """[] -> no scoring; ["all"] -> every task of the export; else names checked against the export's tasks."""
-    if not tasks:
+def resolve_tasks(manifest: dict, options: EmbedOptions) -> list[str]:
+    """--tasks: [] -> no scoring; ["all"] -> every task the inputs allow (pair tasks only with --text-pair-column);
+    else names checked against the export's tasks (a pair task needs --text-pair-column)."""
+    if not options.tasks:
         return []
+    info = task_info(manifest)
+    if options.tasks == ["all"]:
+        return [name for name, item in info.items() if options.text_pair_column or item["type"] not in PAIR_TYPES]
     try:
-        return select_tasks(known, None if tasks == ["all"] else tasks)
+        tasks = select_tasks(list(info), options.tasks)
     except UnknownTask as error:
         raise UnknownTask(f"--tasks: {error}") from error
+    unpaired = [f"{name!r} ({info[name]['type']})" for name in tasks if info[name]["type"] in PAIR_TYPES]
+    if unpaired and not options.text_pair_column:
+        raise UserError(f"--tasks: {', '.join(unpaired)} score two texts per row; name the column of the second "
+                        "text with --text-pair-column")  # fmt: skip
+    return tasks
+
+
+def task_columns(task: str, info: dict, outputs: np.ndarray) -> dict[str, pa.Array]:
+    """One task's output columns for a batch, by type (`info`: its `task_info` entry): classification and
+    pair_classification `<task>_label`, `_label_id`, `_score` (the label's probability); similarity `<task>_score`
+    (on the task's score_range) and `_cosine`; multilabel `<task>_labels` (the chosen ones) and `_probabilities`
+    (every label's, in label order)."""
+    from mtl.inference.exported_model import chosen_labels, similarity_scores
+
+    kind, names = info["type"], np.asarray(info["labels"], dtype=object)
+    if kind == "similarity":
+        scores = similarity_scores(outputs, info["score_range"]).astype(np.float32)
+        return {f"{task}_score": pa.array(scores), f"{task}_cosine": pa.array(outputs.astype(np.float32))}
+    if kind == "multilabel":
+        chosen = chosen_labels(outputs, info["thresholds"])
+        width = outputs.shape[1]
+        return {
+            f"{task}_labels": pa.array([names[row].tolist() for row in chosen], pa.list_(pa.string())),
+            f"{task}_probabilities": pa.FixedSizeListArray.from_arrays(
+                pa.array(outputs.astype(np.float32).reshape(-1)), width
+            ).cast(pa.list_(pa.float32())),
+        }
+    ids = outputs.argmax(axis=1)
+    return {
+        f"{task}_label": pa.array(names[ids].tolist(), pa.string()),
+        f"{task}_label_id": pa.array(ids.astype(np.int32)),
+        f"{task}_score": pa.array(outputs.max(axis=1).astype(np.float32)),
+    }
 
 
 class EmbedBatch:
@@ -152,30 +213,26 @@ class EmbedBatch:
         device = "cuda" if options.gpus_per_actor > 0 else "cpu"
         self.model = ExportedModel.load(options.model, device=device, precision=options.precision)
         self.options = options
-        self.tasks = resolve_tasks(list(self.model.labels), options.tasks)
+        self.tasks = resolve_tasks(self.model.manifest, options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         options = self.options
-        texts = batch.column(options.text_column)
-        skip = empty_mask(texts)  # pre-flight already refused empties unless on_empty == "skip"
+        texts = [batch.column(name) for name in text_columns(options)]  # text, and text_pair with pairs
+        skip = np.logical_or.reduce([empty_mask(column) for column in texts])  # refused in pre-flight unless "skip"
         keep = np.flatnonzero(~skip)
-        pooled = np.zeros((batch.num_rows, self.model.dim), dtype=np.float32)
+        pooled = np.zeros((len(texts), batch.num_rows, self.model.dim), dtype=np.float32)  # (columns, B, H)
         if len(keep):
-            kept = texts.take(pa.array(keep)).to_pylist()
-            pooled[keep] = self.model.encode(kept, batch_size=64).numpy()  # (B, H) float32
-        vectors = self.normalize_rows(pooled) if options.normalize else pooled  # skipped rows stay zero
+            kept = [text for column in texts for text in column.take(pa.array(keep)).to_pylist()]
+            encoded = self.model.encode(kept, batch_size=64).numpy()  # (columns * kept, H): one length-sorted pass
+            pooled[:, keep] = encoded.reshape(len(texts), len(keep), -1)
+        vectors = self.normalize_rows(pooled[0]) if options.normalize else pooled[0]  # skipped rows stay zero
         columns = {name: batch.column(name) for name in options.keep_columns}
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(
             pa.array(vectors.reshape(-1)), self.model.dim, mask=pa.array(skip)
         )
-        if self.tasks:
-            probabilities = self.model.head_probabilities(pooled, self.tasks)
-            for task in self.tasks:
-                ids = probabilities[task].argmax(axis=1)
-                names = np.asarray(self.model.labels[task], dtype=object)
-                columns[f"{task}_label"] = pa.array(names[ids].tolist(), pa.string())
-                columns[f"{task}_label_id"] = pa.array(ids.astype(np.int32))
-                columns[f"{task}_score"] = pa.array(probabilities[task].max(axis=1).astype(np.float32))
+        outputs = self.model.outputs(self.tasks, pooled[0], pooled[1] if len(texts) > 1 else None)
+        for task in self.tasks:
+            columns.update(task_columns(task, self.model.info[task], outputs[task]))
         if ROW in batch.column_names:
             columns[ROW] = batch.column(ROW)
             columns[SKIP] = pa.array(skip)
@@ -197,7 +254,7 @@ def plan_embedding(options: EmbedOptions) -> EmbedPlan:
     """Everything checkable without Ray, before Ray starts: inputs (footers and text columns), the export's
     manifest and tasks, the output path. Errors name the flag, file, row or column."""
     files, counts = check_inputs(options)
-    resolve_tasks(list(read_manifest(options.model)["tasks"]), options.tasks)  # bad names fail here, no weights read
+    resolve_tasks(read_manifest(options.model), options)  # bad names fail here, no weights read
     output = check_output(options, files)
     # Pin the export version this job reads (a published export is a symlink a new training run may move on).
     options = options.model_copy(update={"model": str(Path(options.model).resolve())})
@@ -277,7 +334,7 @@ def run_embedding(plan: EmbedPlan) -> dict:
     options, output = plan.options, plan.output
     job = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = output.with_name(f"{output.name}.partial-{job}")  # unique: a concurrent job has its own
-    columns = list(dict.fromkeys([options.text_column, *options.keep_columns]))
+    columns = list(dict.fromkeys([*text_columns(options), *options.keep_columns]))
     pieces = ray.data.from_items(plan.pieces, override_num_blocks=max(1, min(len(plan.pieces), 1024)))
     rows = pieces.map_batches(read_pieces, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow")
     embedded = rows.map_batches(
