@@ -1,4 +1,5 @@
-"""Evaluate an export: per-task accuracy, macro-F1, confusion; STS-B Spearman (per pooling mode).
+"""Evaluate an export: each task's figures by type (accuracy, macro-F1, confusion; Spearman; micro-F1); STS-B
+Spearman (per pooling mode).
 
     python -m jobs.evaluate --model runs/demo/poc/export --data runs/demo/data/validation.parquet \
         [--stsb ../shared/data/stsb/train.parquet] [--compare-pooling]
@@ -26,9 +27,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     result = evaluate_export(args.model, args.data, args.stsb, args.compare_pooling, args.plots)
     for task, metrics in result.get("tasks", {}).items():
-        print(f"{task}: accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} n={metrics['count']}")
-        labels = result["labels"][task]
-        print(f"  confusion (rows = true {labels}, columns = predicted): {metrics['confusion']}")
+        figures = " ".join(f"{key}={value:.4f}" for key, value in metrics.items() if isinstance(value, float))
+        print(f"{task}: {figures} n={metrics['count']}")
+        if "confusion" in metrics:
+            labels = result["labels"][task]
+            print(f"  confusion (rows = true {labels}, columns = predicted): {metrics['confusion']}")
     for mode, value in result.get("stsb_spearman", {}).items():
         print(f"STS-B Spearman ({mode} pooling): {value:.4f}")
     print(json.dumps(result))

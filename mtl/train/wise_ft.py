@@ -11,19 +11,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoModel
 
 from mtl.config import Config
-from mtl.data.contract import read_validated
-from mtl.evaluation.classification import classification_report
+from mtl.data.contract import read_split
+from mtl.evaluation.classification import task_report
 from mtl.evaluation.stsb import stsb_spearman
 from mtl.export_format import head_path, read_manifest, write_manifest
 from mtl.inference.export import new_version_dir, publish
 from mtl.inference.exported_model import ExportedModel
 from mtl.model.backbone import starting_encoder_dir
 from mtl.model.heads import build_heads, load_head_into, save_head, weights_fingerprint
+from mtl.train.validation import selection_score
 
 
 def blend_export(tuned_dir: Path, start: Path | dict, alpha: float, out_dir: Path) -> Path:
@@ -70,20 +70,20 @@ def choose_alpha(run_dir: Path, config: Config, precision: str = "bf16") -> dict
     publish(export.resolve(), tuned)  # `export` keeps pointing at the fine-tuned version until the blend is published
     start_dir = starting_encoder_dir(config.model)
     start_state = AutoModel.from_pretrained(start_dir, local_files_only=True).state_dict()
-    rows, _ = read_validated(config.data.validation, config, "data.validation")
+    rows, _ = read_split(config, "validation")
     start = blend_export(tuned, start_state, 0.0, run_dir / "wise" / "alpha-0")  # the starting encoder, as exported
     before = stsb_spearman(ExportedModel.load(start, device=device, precision=precision), config.data.stsb)
     table = []
     for alpha in sorted({1.0, *config.retain.wise_alphas}, reverse=True):
         candidate = blend_export(tuned, start_state, alpha, run_dir / "wise" / f"alpha-{alpha:g}")
         model = ExportedModel.load(candidate, device=device, precision=precision)
-        tasks = classification_report(model, rows, config.task_names)
+        tasks = task_report(model, rows, config.task_names)
         spearman = stsb_spearman(model, config.data.stsb)
-        score = float(np.mean([task["macro_f1"] for task in tasks.values()]))
-        accuracy = {name: task["accuracy"] for name, task in tasks.items()}
+        score = selection_score(tasks, config)
+        accuracy = {name: task["accuracy"] for name, task in tasks.items() if "accuracy" in task}
         row = {"alpha": alpha, "score": score, "accuracy": accuracy, "stsb": spearman, "drop": before - spearman}
         table.append(row)
-        print(f"WiSE-FT alpha={alpha:g}: mean macro-F1 {score:.4f} accuracy {accuracy} STS-B {spearman:.4f} "
+        print(f"WiSE-FT alpha={alpha:g}: selection score {score:.4f} accuracy {accuracy} STS-B {spearman:.4f} "
               f"({spearman - before:+.4f})", flush=True)  # fmt: skip
     budget = config.retain.max_stsb_drop
     eligible = [row for row in table if budget is None or row["drop"] <= budget] or table[-1:]  # else the smallest
