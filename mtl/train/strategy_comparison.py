@@ -17,6 +17,8 @@ from pathlib import Path
 from mtl.config import Config, validate_config
 from mtl.errors import UserError
 
+# The validation figures a trial keeps per task (those its type has).
+FIGURES = ("accuracy", "macro_f1", "spearman", "pearson", "micro_f1")
 # name -> (finetune section, retain section); partial keeps the base config's unfreeze_last_n_layers.
 STRATEGIES: dict[str, tuple[dict, dict]] = {
     "head_only": ({"strategy": "head_only"}, {"method": "none"}),
@@ -67,10 +69,7 @@ def run_trial(config: Config) -> dict:
     return {
         "run_dir": result["run_dir"],
         "steps": result["steps"],
-        "tasks": {
-            name: {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
-            for name, metrics in result["metrics"].items()
-        },
+        "tasks": {name: {key: m[key] for key in FIGURES if key in m} for name, m in result["metrics"].items()},
         "stsb_before": final.get("before"),
         "stsb_after": final.get("spearman"),
         "parameters": trainable_parameters(config),
@@ -94,7 +93,18 @@ def compare_strategies(base: Config, names: list[str], steps: int | None, output
 
 
 def mean_score(row: dict, key: str) -> float:
-    return sum(task[key] for task in row["tasks"].values()) / len(row["tasks"])
+    """Mean over tasks of `key` (macro-F1), or of the task's own headline figure where it has none (similarity:
+    Spearman, multilabel: micro-F1)."""
+    values = [task.get(key, task.get("spearman", task.get("micro_f1", 0.0))) for task in row["tasks"].values()]
+    return sum(values) / len(values)
+
+
+def task_cell(figures: dict) -> str:
+    if "accuracy" in figures:
+        return f"{figures['accuracy']:.3f} / {figures['macro_f1']:.3f}"
+    if "spearman" in figures:
+        return f"Spearman {figures['spearman']:.3f}"
+    return f"micro-F1 {figures.get('micro_f1', 0.0):.3f}"
 
 
 def write_tables(rows: list[dict], base: Config, output: Path) -> None:
@@ -102,11 +112,14 @@ def write_tables(rows: list[dict], base: Config, output: Path) -> None:
     (output / "strategies.json").write_text(json.dumps(rows, indent=2))
     tasks = list(base.task_names)
     header = ["strategy", *[f"{t} acc / F1" for t in tasks], "STS-B before -> after", "trainable params", "wall"]
+    header[1 : 1 + len(tasks)] = [
+        f"{t} acc / F1" if base.tasks[t].type in ("classification", "pair_classification") else t for t in tasks
+    ]
     header.append("samples/s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["strategy"]]
-        cells += [f"{row['tasks'][t]['accuracy']:.3f} / {row['tasks'][t]['macro_f1']:.3f}" for t in tasks]
+        cells += [task_cell(row["tasks"][t]) for t in tasks]
         if row["stsb_before"] is None:
             cells.append("(no data.stsb)")
         else:
