@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,13 @@ CASES = [
     ("train-task-without-rows", "train", "--set data.train=data/sentiment_only.parquet",
      "no rows for task(s) ['topic']"),
     ("train-validation-not-parquet", "train", "--set data.validation=data/table.csv", "not a readable Parquet file"),
+    ("train-source-column-missing", "train",
+     "--set 'data.sources=[{{path: data/in/part-0.parquet, task: topic, columns: {{text: sentence1}}}}]'",
+     "part-0.parquet has no column 'sentence1' (columns are ['id', 'text'])"),
+    ("train-source-unknown-task", "train", "--set 'data.sources=[{{path: data/in/part-0.parquet, task: nli}}]'",
+     "data.sources names unknown task(s) ['nli']"),
+    ("train-similarity-without-range", "train", "--set 'tasks.sts={{type: similarity}}' --set finetune.strategy=full",
+     "tasks.sts: a similarity task needs score_range"),
     # jobs.prepare_data
     ("prepare-pair-column", "prepare_data", "--task topic=data/pairs.tsv --output prepared",
      "pairs.tsv: column(s) ['text_pair'] hold a second text"),
@@ -147,7 +155,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_changes(job, arguments, fr
     import ray
 
     monkeypatch.chdir(work)
-    argv = arguments.format(export=tiny_export).split()
+    argv = shlex.split(arguments.format(export=tiny_export))
     if job == "embed" and "--model" not in argv:
         argv = ["--model", str(tiny_export), *argv]
     if job == "train":

@@ -127,6 +127,13 @@ def check_schemas(files: list[str], config: Config) -> None:
     for path in files:
         schema, source = read_schema(path, "data"), sources.get(str(Path(path).resolve()))
         if source is not None:
+            index = config.data.sources.index(source)
+            for name, column in source.columns.items():
+                if column not in schema.names:
+                    raise DataError(
+                        f"data.sources[{index}].columns.{name}: {path} has no column {column!r} (columns are "
+                        f"{schema.names})"
+                    )
             schema = normalise(schema.empty_table(), source, config.data).schema
         check_schema(schema, path, config.data, task_given=source is not None)
 
