@@ -370,6 +370,23 @@ class RunConfig(Section):
         return run_dir
 
 
+class TrackingConfig(Section):
+    backends: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    """Where rank 0 logs: tensorboard (`<run_dir>/tensorboard`), mlflow (params, metrics, the report and the export
+    path; needs `pip install '.[mlflow]'`); [] logs to neither."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (http://host:5000, file:/path/mlruns); None: the MLFLOW_TRACKING_URI environment variable."""
+    experiment: str | None = None
+    """MLflow experiment name (created if missing); None: run.name."""
+
+    @field_validator("backends")
+    @classmethod
+    def _once_each(cls, backends: list[str]) -> list[str]:
+        if len(set(backends)) != len(backends):
+            raise ValueError(f"tracking.backends lists a backend twice: {backends}")
+        return backends
+
+
 class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The encoder and how it pools."""
@@ -391,6 +408,8 @@ class Config(Section):
     """Ray Train workers and resources."""
     run: RunConfig = Field(default_factory=RunConfig)
     """Run name, storage and fault tolerance."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Experiment tracking: TensorBoard and/or MLflow."""
 
     @field_validator("tasks")
     @classmethod

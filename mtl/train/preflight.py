@@ -23,6 +23,7 @@ from mtl.data.contract import (
     split_files,
 )
 from mtl.export_format import MANIFEST_FILE, is_export
+from mtl.train.tracking import check_tracking
 
 # torch, transformers and Ray are imported where first needed, after the cheap checks: a glob typo or a missing
 # column is refused before any of them loads (a few seconds each on a small machine).
@@ -167,6 +168,7 @@ def plan_training(config: Config) -> TrainingPlan:
     """All driver-side checks, cheapest first; returns what the driver needs to build the datasets."""
     run_dir = check_storage_path(config)
     config = resolved_model_paths(config)
+    config = check_tracking(config)  # mlflow installed and its URI known, before Ray; workers get the resolved URI
     train_files = split_files(config, "train")
     validation_files = split_files(config, "validation")
     check_schemas(train_files + validation_files, config)

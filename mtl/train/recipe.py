@@ -34,6 +34,7 @@ from mtl.train.progress import PhaseTimer, Throughput, flatten, progress_line
 from mtl.train.report import append_history
 from mtl.train.retention import L2SP, Distill, NoRetention, StsbProbe, Teacher
 from mtl.train.session import Session
+from mtl.train.tracking import open_tracker
 from mtl.train.validation import evaluate, selection_score
 
 
@@ -166,7 +167,7 @@ class Recipe:
         self.row_log = RowLog(session.run_dir, session.rank) if config.train.log_rows else None
         if self.row_log:
             self.row_log.cut_back(self.step)
-        self.writer = _tensorboard(session)
+        self.tracker = open_tracker(config, session.run_dir, session.rank)
         exact_gpu_times = self.engine.device.type == "cuda" and config.train.profile_phases
         self.timer = PhaseTimer(torch.cuda.synchronize if exact_gpu_times else None)
         time_grad_sync(self.engine, self.timer)
@@ -273,7 +274,7 @@ class Recipe:
         self.throughput.step(seconds, config.rows_per_step, step_tokens, step_real_tokens, timer.take())
 
     def log_progress(self) -> None:
-        """Every `train.log_every` steps, on rank 0: the progress line, history.jsonl and TensorBoard."""
+        """Every `train.log_every` steps, on rank 0: the progress line, history.jsonl and the tracker."""
         config, step, total_steps = self.config, self.step, self.config.train.max_steps
         if self.session.rank != 0 or not (step % config.train.log_every == 0 or step == total_steps):
             return
@@ -281,11 +282,11 @@ class Recipe:
         rows = (step - self.start_step) * config.rows_per_step
         print(progress_line(step, total_steps, means, self.optimizer.param_groups, rows, self.started), flush=True)
         append_history(self.session.run_dir, {"kind": "train", "step": step, "time": time.time(), "loss": means})
-        if self.writer:
-            for name, value in means.items():
-                self.writer.add_scalar(f"train/loss/{name}", value, step)
-            for group in self.optimizer.param_groups:
-                self.writer.add_scalar(f"lr/{group['name']}", group["lr"], step)
+        # A label's `/no_decay` group has its LR (one schedule factor for all): one scalar per label, and no key is
+        # another's prefix (MLflow's file store keeps each metric as a file at its key's path).
+        groups = self.optimizer.param_groups
+        learning_rates = {f"lr/{group['name'].removesuffix('/no_decay')}": group["lr"] for group in groups}
+        self.tracker.log({**flatten(means, "train/loss/"), **learning_rates}, step)
         self.running = {name: [] for name in self.loss_names}
 
     def validate(self) -> None:
@@ -303,9 +304,7 @@ class Recipe:
             print(f"validation step {step}: {summary}", flush=True)
             record = {"kind": "validation", "step": step, "metrics": metrics, **({"stsb": stsb} if stsb else {})}
             append_history(session.run_dir, record)
-            if self.writer:
-                for key, value in flatten({**metrics, **({"stsb": stsb} if stsb else {})}, "validation/").items():
-                    self.writer.add_scalar(key, value, step)
+            self.tracker.log(flatten({**metrics, **({"stsb": stsb} if stsb else {})}, "validation/"), step)
         has_rows = any(task["count"] for task in metrics.values())
         score = selection_score(metrics, config)
         if has_rows and within_budget and score > self.state["best"]:
@@ -324,12 +323,12 @@ class Recipe:
         config, session, step = self.config, self.session, self.step
         if not self.metrics:  # resumed at the last step: nothing ran, but the result still carries metrics
             self.metrics = validation_metrics(self.engine, session, self.tokenizer, config)
-        if self.writer:
-            self.writer.close()
         result: dict = {
             "metrics": self.metrics, "steps": step, "best_score": self.state["best"],
             "throughput": self.throughput.as_dict(),
         }  # fmt: skip
+        self.tracker.log(flatten(result["throughput"], "throughput/"), step)
+        result.update(self.tracker.close())  # rank 0 with MLflow: its `mlflow_run_id`
         if self.similarity_before:
             result["similarity_before"] = self.similarity_before
         if self.probe:
@@ -350,11 +349,3 @@ class Recipe:
 def run_training(config: Config, session: Session) -> dict:
     """The recipe. Returns the final validation metrics (and the export directory on rank 0)."""
     return Recipe(config, session).train()
-
-
-def _tensorboard(session: Session):
-    if session.rank != 0:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(session.run_dir / "tensorboard"))

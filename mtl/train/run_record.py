@@ -22,6 +22,7 @@ RECORD = "run.json"
 MAY_CHANGE = {
     "run.max_failures", "run.keep_checkpoints", "run.if_exists", "train.max_steps", "train.log_every",
     "train.eval_every", "train.checkpoint_every", "train.profile_phases", "train.log_rows",
+    "tracking.backends", "tracking.mlflow_uri", "tracking.experiment",
 }  # fmt: skip
 
 

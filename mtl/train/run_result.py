@@ -1,5 +1,6 @@
 """What a training job returns, built one way for both sessions from what the recipe returned (rank 0's result):
-WiSE-FT's choice when configured, the run report, and the summary printed as the job's last line."""
+WiSE-FT's choice when configured, the run report (logged to MLflow too when tracked there), and the summary printed
+as the job's last line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from mtl.config import Config
 from mtl.data.contract import RowReport
 from mtl.train.report import write_report
+from mtl.train.tracking import log_report
 from mtl.train.wise_ft import choose_alpha
 
 
@@ -21,4 +23,8 @@ def finish_run(run_dir: Path, config: Config, trained: dict, rows: RowReport, ch
     result["report"] = report
     if "targets" in report:
         result["targets"] = report["targets"]
+    if "index_compatibility" in report:  # whether vectors stored with the starting encoder need re-embedding
+        result["index_compatibility"] = report["index_compatibility"]
+    if result.get("mlflow_run_id"):  # rank 0's MLflow run gets the report and the export path, then ends
+        log_report(config, result["mlflow_run_id"], Path(run_dir) / "report", result)
     return result
