@@ -4,6 +4,8 @@
         --output runs/embeddings/sst2 [--tasks all] [--precision bf16] [--keep-columns label]
     python -m jobs.embed --model runs/production/export --input pairs.parquet --output runs/embeddings/pairs \
         --text-column sentence1 --text-pair-column sentence2 --tasks all
+    python -m jobs.embed --model runs/production/export --input '../shared/data/sst2/train-*.parquet' \
+        --output runs/embeddings/sst2 --incremental --overwrite      # after a retrain or new rows: see docs/batch.md
 
 Through a cluster: ray job submit --working-dir . -- python -m jobs.embed ... (paths as the cluster sees them).
 Output: Parquet files `part-<first input row>.parquet`; read in name order, their rows are in input order (rows
@@ -11,10 +13,17 @@ skipped by --on-empty skip left out). Columns: the kept input columns, `embeddin
 --text-column text), and with --tasks per task: classification and pair_classification `<task>_label`,
 `<task>_label_id`, `<task>_score`; similarity `<task>_score` (on the task's score range) and `<task>_cosine`;
 multilabel `<task>_labels` (list<string>) and `<task>_probabilities` (list<float>, label order). Pair tasks score
-(text, --text-pair-column) per row; `--tasks all` includes them only with --text-pair-column. `_jobs_embed.json` in
-the output records the job (model, counts); --overwrite replaces only a directory holding one. The last stdout line
-is one JSON object: rows in/out, rows skipped by reason, seconds, rows/s, output path. A bad flag, file, column or
-output prints one line `error: ...` and exits 2 before Ray starts (--debug shows the traceback).
+(text, --text-pair-column) per row; `--tasks all` includes them only with --text-pair-column. Each row also gets
+`embedding_fingerprint` (the encoder that made its vector) and `embedding_text_hash` (sha256 of the text, first 16
+bytes); each file's schema metadata names the export version (`mtl.export_id`), the encoder fingerprint
+(`mtl.encoder_fingerprint`) and the vector settings (`mtl.embedding`). --incremental reads an earlier output
+(--previous, default --output itself, then --overwrite is needed) and copies the vector of every row whose text it
+holds from this encoder under the same settings; only the other rows are encoded (not with --tasks). The earlier
+output is never changed in place: the new one is staged and swapped in whole. `_jobs_embed.json` in the output
+records the job (model, export id, fingerprint, counts); --overwrite replaces only a directory holding one. The last
+stdout line is one JSON object: rows in/out, rows reused/embedded, rows skipped by reason, seconds, rows/s, output
+path, export id and fingerprint. A bad flag, file, column or output prints one line `error: ...` and exits 2 before
+Ray starts (--debug shows the traceback).
 """
 
 from __future__ import annotations
@@ -49,6 +58,9 @@ def parse_options(argv: list[str] | None) -> EmbedOptions:
     parser.add_argument("--threads", type=int, help="torch threads per actor (default: cores / actors)")
     parser.add_argument("--on-empty", choices=("error", "skip"), default="error", help="null/empty texts")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--incremental", action="store_true", help="copy the stored vectors of rows whose text the "
+                        "previous output holds from this encoder; embed only the others")  # fmt: skip
+    parser.add_argument("--previous", help="the earlier output --incremental reads (default: --output)")
     args = parser.parse_args(argv)
     options = vars(args) | {
         "inputs": args.input,
@@ -62,8 +74,10 @@ def parse_options(argv: list[str] | None) -> EmbedOptions:
         return EmbedOptions.model_validate(options)
     except ValidationError as error:
         flag = {"inputs": "input", "normalize": "no-normalize"}
-        names = [flag.get(str(item["loc"][0]), str(item["loc"][0]).replace("_", "-")) for item in error.errors()]
-        parser.error("; ".join(f"--{name}: {item['msg']}" for name, item in zip(names, error.errors(), strict=True)))
+        names = [str(item["loc"][0]) if item["loc"] else "" for item in error.errors()]  # none: a cross-field rule
+        names = [f"--{flag.get(name, name.replace('_', '-'))}: " if name else "" for name in names]
+        messages = [item["msg"].removeprefix("Value error, ") for item in error.errors()]
+        parser.error("; ".join(f"{name}{message}" for name, message in zip(names, messages, strict=True)))
 
 
 def main(argv: list[str] | None = None) -> dict:

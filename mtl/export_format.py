@@ -88,6 +88,13 @@ def is_export(directory: str | Path) -> bool:
     return manifest_path(directory).is_file()
 
 
+def export_id(export_dir: str | Path) -> str:
+    """The version id of the export `export_dir` names: the name of the directory it resolves to, which for a
+    published export is `versions/<name>-step<N>-<time>-<id>` (`mtl.inference.export.publish` points `<name>` at it),
+    and for an export from before versioning, or a copy, the directory's own name."""
+    return Path(export_dir).resolve().name
+
+
 def _validated(manifest: object, source: Path) -> dict:
     if isinstance(manifest, dict) and isinstance(manifest.get("tasks"), dict):
         bad = [name for name in manifest["tasks"] if not re.fullmatch(TASK_NAME, name)]

@@ -5,15 +5,21 @@ a wrong type or (with `on_empty="error"`) a null/empty text is reported with its
 any Ray work starts. With `text_pair_column`, each row is also a pair (text, text_pair) for the export's pair
 tasks; embeddings stay those of `text_column`. Output goes to a staging directory renamed into place at the end: a
 failed run leaves nothing that looks finished.
+
+Every output says which encoder made it: each file's schema metadata holds the export version (`mtl.export_id`), the
+encoder fingerprint (`mtl.encoder_fingerprint`) and the settings that shape a vector (`mtl.embedding`), and each row
+its `embedding_fingerprint` and `embedding_text_hash`. With `incremental`, rows whose text hash is in the previous
+output with this encoder's fingerprint and the same settings take their stored vector; only the others are embedded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -27,12 +33,17 @@ from ray.data import Datasink
 from mtl.config import PAIR_TYPES
 from mtl.data.contract import DataError, check_utf8, expand_paths, read_schema
 from mtl.errors import UserError
-from mtl.export_format import UnknownTask, read_manifest, select_tasks, task_info
+from mtl.export_format import UnknownTask, export_id, read_manifest, select_tasks, task_info
 
 # Written into every finished output: what made it. `--overwrite` replaces only a directory that holds one.
 OUTPUT_MARKER = "_jobs_embed.json"
 ROW = "__row"  # each row's position in the whole input, carried to the writer (not written)
 SKIP = "__skip"  # an empty text skipped under --on-empty skip: kept in the stream until written, then dropped
+REUSED = "__reused"  # --incremental: the row's vector stored in the previous output (null: embed the row)
+FINGERPRINT = "embedding_fingerprint"  # per row: the encoder fingerprint (export manifest) its embedding came from
+TEXT_HASH = "embedding_text_hash"  # per row: the first 16 bytes of sha256 of the embedded text, --incremental's key
+OUTPUT_COLUMNS = ("embedding", FINGERPRINT, TEXT_HASH)  # written by the job, never copied from the input
+ROW_GROUP_ROWS = 8_192  # output row groups: a later --incremental run reads only the groups holding reused vectors
 
 
 class OutputError(UserError):
@@ -60,11 +71,21 @@ class EmbedOptions(BaseModel):
     gpus_per_actor: float = Field(0.0, ge=0)
     on_empty: Literal["error", "skip"] = "error"
     overwrite: bool = False
+    incremental: bool = False  # reuse the previous output's vectors of unchanged texts embedded by this encoder
+    previous: str | None = None  # the earlier output --incremental reads (default: --output itself)
 
     @model_validator(mode="after")
-    def _two_columns(self) -> EmbedOptions:
+    def _consistent(self) -> EmbedOptions:
         if self.text_pair_column is not None and self.text_pair_column == self.text_column:
             raise ValueError(f"text_pair_column: {self.text_pair_column!r} is the text column; name the second text's")
+        clashes = [name for name in self.keep_columns if name in OUTPUT_COLUMNS]
+        if clashes:
+            raise ValueError(f"keep_columns: {clashes} are columns the job writes itself; rename them in the input")
+        if self.previous is not None and not self.incremental:
+            raise ValueError("previous: --previous is the earlier output --incremental reads; pass --incremental too")
+        if self.incremental and self.tasks:
+            raise ValueError("tasks: --incremental reuses stored embeddings only (task outputs need un-normalised "
+                             "vectors and the heads); score --tasks in a run without --incremental")  # fmt: skip
         return self
 
 
@@ -149,6 +170,30 @@ def read_text_column(path: str, column: str) -> pa.ChunkedArray:
     return texts
 
 
+def text_hashes(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Each text's key for --incremental: the first 16 bytes of sha256 of its UTF-8 (null for a null text). A vector
+    depends on the text and the encoder only, so equal texts share a stored vector whatever their row."""
+    digests = [None if text is None else hashlib.sha256(text.encode()).digest()[:16] for text in texts.to_pylist()]
+    return pa.array(digests, pa.binary(16))
+
+
+def embedding_settings(manifest: dict, options: EmbedOptions) -> dict:
+    """What besides the encoder's weights shapes a stored vector: a row written under other settings is not reused."""
+    return {
+        "pooling": manifest["pooling"],
+        "max_seq_length": int(manifest["max_seq_length"]),
+        "dim": int(manifest["hidden_size"]),
+        "normalize": options.normalize,
+        "precision": options.precision,
+    }
+
+
+def fixed_rows(vectors: pa.FixedSizeListArray, dim: int) -> np.ndarray:
+    """`(rows, dim)` float32 of a fixed-size list array, null rows included as their (unused) slots."""
+    flat = vectors.values.slice(vectors.offset * dim, len(vectors) * dim)
+    return flat.to_numpy(zero_copy_only=False).reshape(len(vectors), dim)
+
+
 def resolve_tasks(manifest: dict, options: EmbedOptions) -> list[str]:
     """--tasks: [] -> no scoring; ["all"] -> every task the inputs allow (pair tasks only with --text-pair-column);
     else names checked against the export's tasks (a pair task needs --text-pair-column)."""
@@ -200,7 +245,9 @@ class EmbedBatch:
     """The Ray Data callable: one `ExportedModel` per actor, pyarrow batches in and out.
 
     Rows keep their input position (`ROW`) and stay in the batch even when skipped (`SKIP`, a null embedding), so
-    the writer can tell consecutive input rows from a gap (`RowOrderedParquet`)."""
+    the writer can tell consecutive input rows from a gap (`RowOrderedParquet`). In the job's pipeline (rows with
+    `ROW`) each row also gets `FINGERPRINT` and keeps its `TEXT_HASH`; a row with a stored vector (`REUSED`, from
+    --incremental) takes it unchanged and is not encoded."""
 
     def __init__(self, options: EmbedOptions):
         import torch  # in the actor only: the driver's pre-flight needs no torch
@@ -214,18 +261,24 @@ class EmbedBatch:
         self.model = ExportedModel.load(options.model, device=device, precision=options.precision)
         self.options = options
         self.tasks = resolve_tasks(self.model.manifest, options)
+        self.fingerprint = self.model.manifest.get("encoder_fingerprint")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         options = self.options
         texts = [batch.column(name) for name in text_columns(options)]  # text, and text_pair with pairs
         skip = np.logical_or.reduce([empty_mask(column) for column in texts])  # refused in pre-flight unless "skip"
-        keep = np.flatnonzero(~skip)
+        reused = batch.column(REUSED).combine_chunks() if REUSED in batch.column_names else None
+        stored = ~skip & reused.is_valid().to_numpy(zero_copy_only=False) if reused is not None else np.zeros_like(skip)
+        assert not (stored.any() and self.tasks), "--incremental with --tasks (refused by EmbedOptions)"
+        keep = np.flatnonzero(~skip & ~stored)
         pooled = np.zeros((len(texts), batch.num_rows, self.model.dim), dtype=np.float32)  # (columns, B, H)
         if len(keep):
             kept = [text for column in texts for text in column.take(pa.array(keep)).to_pylist()]
             encoded = self.model.encode(kept, batch_size=64).numpy()  # (columns * kept, H): one length-sorted pass
             pooled[:, keep] = encoded.reshape(len(texts), len(keep), -1)
         vectors = self.normalize_rows(pooled[0]) if options.normalize else pooled[0]  # skipped rows stay zero
+        if stored.any():
+            vectors[stored] = fixed_rows(reused, self.model.dim)[stored]  # bit for bit what the previous job wrote
         columns = {name: batch.column(name) for name in options.keep_columns}
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(
             pa.array(vectors.reshape(-1)), self.model.dim, mask=pa.array(skip)
@@ -234,31 +287,105 @@ class EmbedBatch:
         for task in self.tasks:
             columns.update(task_columns(task, self.model.info[task], outputs[task]))
         if ROW in batch.column_names:
+            columns[FINGERPRINT] = pa.array([self.fingerprint] * batch.num_rows, pa.string())  # Parquet dictionary-
+            columns[TEXT_HASH] = batch.column(TEXT_HASH)  # encodes the repeated string: a few bytes per file
             columns[ROW] = batch.column(ROW)
             columns[SKIP] = pa.array(skip)
         return pa.table(columns)
 
 
 @dataclass
+class Reuse:
+    """--incremental's plan: the previous output's files (each piece's `reuse` entries index them) and counts."""
+
+    previous: Path
+    files: list[str]
+    rows: int  # rows of the previous output
+    reusable: int  # of them, rows embedded by this encoder under the same settings
+    reused: int  # input rows that take a stored vector (the rest not skipped are embedded)
+
+
+@dataclass
 class EmbedPlan:
-    """What the pre-flight found: files, row counts, the row groups to read, the output and the pinned export."""
+    """What the pre-flight found: files, row counts, the row groups to read, the output and the pinned export (its
+    version directory's name, encoder fingerprint and vector settings), and --incremental's reuse plan."""
 
     options: EmbedOptions
     files: list[str]
     counts: dict
     pieces: list[dict]
     output: Path
+    export_id: str = ""
+    fingerprint: str | None = None
+    settings: dict = field(default_factory=dict)
+    reuse: Reuse | None = None
 
 
 def plan_embedding(options: EmbedOptions) -> EmbedPlan:
     """Everything checkable without Ray, before Ray starts: inputs (footers and text columns), the export's
-    manifest and tasks, the output path. Errors name the flag, file, row or column."""
+    manifest and tasks, the output path, and with --incremental the previous output and which rows reuse it.
+    Errors name the flag, file, row or column."""
     files, counts = check_inputs(options)
-    resolve_tasks(read_manifest(options.model), options)  # bad names fail here, no weights read
+    manifest = read_manifest(options.model)
+    resolve_tasks(manifest, options)  # bad names fail here, no weights read
     output = check_output(options, files)
     # Pin the export version this job reads (a published export is a symlink a new training run may move on).
     options = options.model_copy(update={"model": str(Path(options.model).resolve())})
-    return EmbedPlan(options, files, counts, row_group_pieces(files), output)
+    pieces = row_group_pieces(files)
+    fingerprint, settings = manifest.get("encoder_fingerprint"), embedding_settings(manifest, options)
+    reuse = plan_reuse(options, files, pieces, fingerprint, settings, output) if options.incremental else None
+    return EmbedPlan(options, files, counts, pieces, output, export_id(options.model), fingerprint, settings, reuse)
+
+
+def plan_reuse(
+    options: EmbedOptions, files: list[str], pieces: list[dict], fingerprint: str | None, settings: dict, output: Path
+) -> Reuse:
+    """Match every input row's text hash against the previous output's rows written by this encoder (fingerprint)
+    under the same settings; add to each piece its `reuse` entries, int64 triples (row in the piece, previous file,
+    row in that file) as bytes. Reads only the previous output's hash and fingerprint columns."""
+    flag = "--previous" if options.previous else "--output (--incremental's previous output when no --previous)"
+    previous = Path(options.previous or options.output).expanduser().resolve()
+    if fingerprint is None:
+        raise UserError(f"--incremental: the export {options.model} records no encoder_fingerprint (written before "
+                        "fingerprints); re-export it or run without --incremental")  # fmt: skip
+    if previous != output and previous in output.parents:
+        raise OutputError(f"--output {output}: inside {flag} {previous}; write the new output beside it")
+    if not (previous / OUTPUT_MARKER).is_file():
+        raise OutputError(f"{flag} {previous}: not an output of jobs.embed (no {OUTPUT_MARKER}); --incremental reuses "
+                          "an earlier job's output: run without --incremental first")  # fmt: skip
+    stored = sorted(str(path) for path in previous.glob("*.parquet"))
+    keys, places, rows = [], [], 0
+    for index, path in enumerate(stored):
+        schema = pq.read_schema(path)
+        missing = [name for name in OUTPUT_COLUMNS if name not in schema.names]
+        if missing:
+            raise OutputError(f"{path}: no column(s) {missing} (written before jobs.embed recorded them); run once "
+                              "without --incremental")  # fmt: skip
+        table = pq.read_table(path, columns=[FINGERPRINT, TEXT_HASH])
+        rows += table.num_rows
+        if json.loads((schema.metadata or {}).get(b"mtl.embedding", b"{}")) != settings:
+            continue  # another pooling, length, normalisation or precision: its vectors are not this job's
+        fresh = pc.and_(pc.equal(table.column(FINGERPRINT), fingerprint), pc.is_valid(table.column(TEXT_HASH)))
+        at = np.flatnonzero(pc.fill_null(fresh, False).to_numpy(zero_copy_only=False))
+        keys.append(table.column(TEXT_HASH).take(pa.array(at)).combine_chunks())
+        places.append(np.stack([np.full(len(at), index), at], axis=1))
+    stored_keys = pa.concat_arrays(keys) if keys else pa.array([], pa.binary(16))
+    places = np.concatenate(places) if places else np.zeros((0, 2), dtype=np.int64)
+    found = []
+    for path in files:  # each input row -> its first stored match, -1 for none or a row skipped as empty
+        texts = {column: read_text_column(path, column) for column in text_columns(options)}
+        skip = np.logical_or.reduce([empty_mask(column) for column in texts.values()])
+        matches = pc.index_in(text_hashes(texts[options.text_column]), value_set=stored_keys)
+        matches = matches.to_numpy(zero_copy_only=False)  # NaN (floats) where a text has no match
+        found.append(np.where(skip, -1, np.nan_to_num(matches, nan=-1)).astype(np.int64))
+    found = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+    ends = [piece["first_row"] for piece in pieces[1:]] + [len(found)]
+    for piece, end in zip(pieces, ends, strict=True):
+        match = found[piece["first_row"] : end]
+        local = np.flatnonzero(match >= 0)
+        piece["reuse"] = np.column_stack([local, places[match[local]]]).astype(np.int64).tobytes()
+    reused = int((found >= 0).sum())
+    return Reuse(previous, stored, rows, len(places), reused)
 
 
 def row_group_pieces(files: list[str]) -> list[dict]:
@@ -272,14 +399,41 @@ def row_group_pieces(files: list[str]) -> list[dict]:
     return pieces
 
 
-def read_pieces(pieces: pa.Table, columns: list[str]) -> pa.Table:
-    """Ray Data map: row groups -> their rows with `ROW`, each row's position in the whole input."""
+def read_pieces(
+    pieces: pa.Table, columns: list[str], text_column: str, previous: list[str] | None = None, dim: int = 0
+) -> pa.Table:
+    """Ray Data map: row groups -> their rows with `ROW`, each row's position in the whole input, and `TEXT_HASH`;
+    with `previous` (--incremental's stored files) also `REUSED`, the stored vector of each row that has one."""
     tables = []
-    listed = (pieces.column(name).to_pylist() for name in ("path", "row_group", "first_row"))
-    for path, group, first in zip(*listed, strict=True):
+    listed = [pieces.column(name).to_pylist() for name in ("path", "row_group", "first_row")]
+    reuse = pieces.column("reuse").to_pylist() if previous is not None else [None] * pieces.num_rows
+    for path, group, first, entries in zip(*listed, reuse, strict=True):
         table = pq.ParquetFile(path).read_row_group(group, columns=columns)
-        tables.append(table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64))))
+        table = table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64)))
+        table = table.append_column(TEXT_HASH, text_hashes(table.column(text_column)))
+        if previous is not None:
+            entries = np.frombuffer(entries, dtype=np.int64).reshape(-1, 3)
+            table = table.append_column(REUSED, stored_vectors(previous, entries, table.num_rows, dim))
+        tables.append(table)
     return pa.concat_tables(tables)
+
+
+def stored_vectors(files: list[str], entries: np.ndarray, rows: int, dim: int) -> pa.FixedSizeListArray:
+    """`rows` vectors, null except at the rows `entries` (row, file, row in file) take from the stored `files`;
+    reads only the row groups holding them."""
+    vectors, found = np.zeros((rows, dim), dtype=np.float32), np.zeros(rows, dtype=bool)
+    for index in np.unique(entries[:, 1]):
+        wanted = entries[entries[:, 1] == index]
+        parquet = pq.ParquetFile(files[index])
+        sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        groups = np.searchsorted(starts, wanted[:, 2], side="right") - 1
+        for group in np.unique(groups):
+            taken = wanted[groups == group]
+            stored = parquet.read_row_group(int(group), columns=["embedding"]).column("embedding").combine_chunks()
+            vectors[taken[:, 0]] = fixed_rows(stored, dim)[taken[:, 2] - starts[group]]
+            found[taken[:, 0]] = True
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim, mask=pa.array(~found))
 
 
 class RowOrderedParquet(Datasink):
@@ -288,11 +442,13 @@ class RowOrderedParquet(Datasink):
     Ray Data 2.60 with `preserve_order` still hands its own write tasks blocks out of input order (seen here: a
     single output file with whole 64/256-row blocks swapped), so order is carried by the rows instead: each row's
     input position (`ROW`) travels through the pipeline, every write task sorts its rows by it and cuts them
-    where positions jump. File names sort in input order whatever order the blocks arrived in."""
+    where positions jump. File names sort in input order whatever order the blocks arrived in. `metadata` goes into
+    every file's schema metadata (what made the output)."""
 
-    def __init__(self, directory: Path, rows_per_write: int = 65_536):
+    def __init__(self, directory: Path, rows_per_write: int = 65_536, metadata: dict[str, str] | None = None):
         self.directory = directory
         self.rows_per_write = rows_per_write
+        self.metadata = metadata or {}
         self.rows_written = 0
 
     @property
@@ -320,9 +476,20 @@ class RowOrderedParquet(Datasink):
             run = table.slice(start, stop - start)
             run = run.filter(pc.invert(run.column(SKIP))).drop_columns([ROW, SKIP])
             if run.num_rows:
-                pq.write_table(run, self.directory / f"part-{rows[start]:012d}.parquet")
+                if self.metadata:
+                    run = run.replace_schema_metadata({**(run.schema.metadata or {}), **self.metadata})
+                pq.write_table(run, self.directory / f"part-{rows[start]:012d}.parquet", row_group_size=ROW_GROUP_ROWS)
                 written += run.num_rows
         return written
+
+
+def output_metadata(plan: EmbedPlan) -> dict[str, str]:
+    """Each output file's schema metadata: the export version, its encoder fingerprint, the vector settings."""
+    return {
+        "mtl.export_id": plan.export_id,
+        "mtl.encoder_fingerprint": plan.fingerprint or "",
+        "mtl.embedding": json.dumps(plan.settings, sort_keys=True),
+    }
 
 
 def run_embedding(plan: EmbedPlan) -> dict:
@@ -336,7 +503,10 @@ def run_embedding(plan: EmbedPlan) -> dict:
     staging = output.with_name(f"{output.name}.partial-{job}")  # unique: a concurrent job has its own
     columns = list(dict.fromkeys([*text_columns(options), *options.keep_columns]))
     pieces = ray.data.from_items(plan.pieces, override_num_blocks=max(1, min(len(plan.pieces), 1024)))
-    rows = pieces.map_batches(read_pieces, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow")
+    reading = {"columns": columns, "text_column": options.text_column}
+    if plan.reuse:
+        reading |= {"previous": plan.reuse.files, "dim": plan.settings["dim"]}
+    rows = pieces.map_batches(read_pieces, fn_kwargs=reading, batch_size=1, batch_format="pyarrow")
     embedded = rows.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={"options": options},
@@ -347,19 +517,27 @@ def run_embedding(plan: EmbedPlan) -> dict:
         num_gpus=options.gpus_per_actor or None,
     )
     try:
-        sink = RowOrderedParquet(staging)
+        sink = RowOrderedParquet(staging, metadata=output_metadata(plan))
         embedded.write_datasink(sink)
         staging.mkdir(parents=True, exist_ok=True)  # all rows skipped: an empty output, still marked
+        reused = plan.reuse.reused if plan.reuse else 0
         summary = {
             "rows_in": plan.counts["rows_in"],
             "rows_out": sink.rows_written,
+            "rows_reused": reused,
+            "rows_embedded": sink.rows_written - reused,
             "skipped": plan.counts["skipped"],
             "output": str(output),
             "files_in": len(plan.files),
             "precision": options.precision,
             "model": options.model,
+            "export_id": plan.export_id,
+            "encoder_fingerprint": plan.fingerprint,
             "job": job,
         }
+        if plan.reuse:
+            summary["previous"] = {"output": str(plan.reuse.previous), "rows": plan.reuse.rows,
+                                   "reusable": plan.reuse.reusable}  # fmt: skip
         (staging / OUTPUT_MARKER).write_text(json.dumps(summary, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""The run report: training history -> loss/accuracy curves (PNG), STS-B before/after, `report.json`.
+"""The run report: training history -> loss/accuracy curves (PNG), STS-B before/after, index compatibility of the
+new encoder with the starting one (`mtl.evaluation.index_compatibility`), `report.json`.
 
 Rank 0 appends one JSON line per logged step and per validation to `<run_dir>/history.jsonl`
 (`append_history`); after training the driver calls `write_report`, which writes `<run_dir>/report/`.
@@ -13,6 +14,8 @@ from pathlib import Path
 from torch import nn
 
 from mtl.config import Config
+from mtl.data.contract import expand_paths
+from mtl.evaluation.index_compatibility import K, compatibility_line, index_compatibility, sample_texts
 from mtl.evaluation.plots import plot_series
 from mtl.evaluation.stsb import stsb_spearman
 from mtl.export_format import read_manifest
@@ -21,6 +24,7 @@ from mtl.model.backbone import load_encoder, load_tokenizer, starting_encoder_di
 from mtl.model.pooling import resolve_pooling
 
 HISTORY = "history.jsonl"
+COMPATIBILITY_TEXTS = 2_000  # validation texts (and their second texts) embedded by both encoders
 
 
 def append_history(run_dir: Path, record: dict) -> None:
@@ -49,7 +53,7 @@ def starting_model(config: Config) -> ExportedModel:
         max_seq_length=config.model.max_seq_length,
         labels={},
         heads=nn.ModuleDict(),
-        manifest={},
+        manifest={"tasks": {}},  # no heads, so no tasks (task_info reads the key)
     )
 
 
@@ -89,6 +93,8 @@ def write_report(run_dir: Path, config: Config, export_dir: Path) -> dict:
         after = stsb_spearman(ExportedModel.load(export_dir), config.data.stsb)
         report["stsb_spearman"] = {"before": before, "after": after, "change": after - before, "file": config.data.stsb}
         print(f"STS-B Spearman ({config.data.stsb}): before {before:.4f} -> after {after:.4f} ({after - before:+.4f})")
+    report["index_compatibility"] = compatibility_check(config, export_dir)
+    print(compatibility_line(report["index_compatibility"]), flush=True)
     targets = target_check(config, export_dir, validation[-1]["metrics"] if validation else {}, report.get("retention"))
     if targets:
         report["targets"] = targets
@@ -96,6 +102,22 @@ def write_report(run_dir: Path, config: Config, export_dir: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def compatibility_check(config: Config, export_dir: Path, limit: int = COMPATIBILITY_TEXTS) -> dict:
+    """`index_compatibility` of the export's encoder with the starting one on up to `limit` distinct texts of
+    `data.validation` (texts and second texts; `data.train` when there is no validation data)."""
+    key = "data.validation" if config.data.validation else "data.train"
+    patterns = config.data.validation or config.data.train
+    if not patterns:
+        return {"skipped": "no data.validation or data.train files"}
+    columns = [config.data.text_column, config.data.text_pair_column]
+    texts = sample_texts(expand_paths(patterns, key), columns, limit)
+    if len(texts) <= K:
+        return {"skipped": f"{len(texts)} distinct texts in {key}, need more than {K}"}
+    new = ExportedModel.load(export_dir, with_heads=False).embed(texts)
+    old = starting_model(config).embed(texts)
+    return index_compatibility(new, old) | {"source": key}
 
 
 def target_check(config: Config, export_dir: Path, metrics: dict, retention: dict | None) -> dict:
