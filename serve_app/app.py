@@ -54,6 +54,7 @@ def build_app(args: AppArgs) -> Application:
                 "max_texts",
                 "max_chars",
                 "max_body_bytes",
+                "truncate",
                 "call_timeout_s",
                 "auth_token_env",
                 "allow_unauthenticated",

@@ -28,11 +28,17 @@ class AppArgs(BaseModel):
     """How long a batch waits for more requests once one is queued (ingress and encoder; runtime: each one's
     user_config). 0 = no fixed delay: a batch is whatever queued while the previous one ran."""
     max_texts: int = Field(256, ge=1)
-    """Texts (or pairs x 2) per request; more is 413 (use jobs.embed for bulk work)."""
+    """Texts (or pairs x 2) per request of /v1/embed, /v1/predict, /v1/similarity; more is 413 (use jobs.embed for
+    bulk work). /v1/embeddings takes OpenAI's 2,048 inputs and sends them to the batcher in pieces of this size."""
     max_chars: int = Field(2000, ge=1)
-    """Characters per text; longer is 413."""
+    """Characters per text (not /v1/embeddings, which counts tokens against the export's max_seq_length); longer is
+    413."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    """Request body size; larger is 413 before the body is parsed."""
+    """Request body size; larger is 413 before the body is parsed. 4 MiB holds 2,048 /v1/embeddings inputs of
+    ~2,000 characters each (a 64-token window is ~300)."""
+    truncate: bool = False
+    """/v1/embeddings: a text over the export's max_seq_length tokens is cut to it (true) or refused with a 400
+    (false); a request's own `truncate` overrides this. /v1/embed and /v1/predict always cut."""
     call_timeout_s: float = Field(30.0, gt=0)
     """A call to the encoder or a head that takes longer is a 503 with Retry-After, never a hung request."""
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -13,6 +13,7 @@ request or text no longer fails everything merged with it); a batch that succeed
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -29,19 +30,22 @@ class Batcher(Generic[Item, Result]):
         max_batch_size: int,
         wait_s: float = 0.0,
         batch_errors: tuple[type[Exception], ...] = (),
+        on_batch: Callable[[list[float]], None] | None = None,
     ):
         """`batch_errors`: failures that are no one item's fault (overload, a lost replica, a timeout): every caller
-        gets them at once, unretried, since a retry in halves would only repeat them."""
+        gets them at once, unretried, since a retry in halves would only repeat them. `on_batch`: called as each batch
+        leaves the queue with its items' queue waits in seconds (serve_app/metrics.py); not again for retried halves."""
         self.func = func
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
         self.batch_errors = batch_errors
-        self._queue: list[tuple[Item, asyncio.Future]] = []
+        self.on_batch = on_batch
+        self._queue: list[tuple[Item, asyncio.Future, float]] = []  # (item, its future, when it queued)
         self._draining = False
 
     async def __call__(self, item: Item) -> Result:
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
+        self._queue.append((item, future, time.perf_counter()))
         if not self._draining:  # this caller runs the next batch itself (no task hand-off when idle)
             self._draining = True
             try:
@@ -64,7 +68,10 @@ class Batcher(Generic[Item, Result]):
         if self.wait_s and len(self._queue) < self.max_batch_size:
             await asyncio.sleep(self.wait_s)
         batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size :]
-        await self._run(batch)
+        if self.on_batch is not None:
+            now = time.perf_counter()
+            self.on_batch([now - queued for _, _, queued in batch])
+        await self._run([(item, future) for item, future, _ in batch])
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         """`func` on `batch`; on failure each half again, one after the other (still one `func` call in flight),

@@ -12,6 +12,7 @@ from ray import serve
 
 from mtl.inference.exported_model import ExportedModel
 from serve_app.batching import Batcher
+from serve_app.metrics import encoder_metrics
 
 
 @serve.deployment(name="Encoder")
@@ -21,7 +22,8 @@ class Encoder:
             torch.set_num_threads(threads)
         self.model = ExportedModel.load(model_dir, device=device, precision=precision, with_heads=False)
         self.max_batch_size = 32
-        self.calls = Batcher(self.encode_calls, max_batch_size=16)
+        self.metrics = encoder_metrics()
+        self.calls = Batcher(self.encode_calls, max_batch_size=16, on_batch=self.metrics.batch)
         self.started = time.time()
 
     def reconfigure(self, user_config: dict) -> None:
@@ -34,7 +36,9 @@ class Encoder:
         `max_batch_size` texts."""
         texts = [text for call in calls for text in call]
         # Off the event loop, so new calls keep queueing for the next batch meanwhile.
+        began = time.perf_counter()
         pooled = (await asyncio.to_thread(self.model.encode, texts, self.max_batch_size)).numpy()
+        self.metrics.encoded(len(texts), time.perf_counter() - began)
         bounds = np.cumsum([0] + [len(call) for call in calls])
         return [pooled[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 

@@ -8,7 +8,7 @@ import math
 import re
 import uuid
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -16,8 +16,27 @@ from fastapi.responses import JSONResponse, Response
 from ray.serve.context import _get_serve_request_context
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.metrics import ingress_metrics, is_refusal
+
 logger = logging.getLogger("ray.serve")
 SURROGATE = re.compile("[\ud800-\udfff]")
+# The `reason` of a refusal that does not name its own (FastAPI's, Starlette's, a plain HTTPException's).
+REASONS = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+class Refusal(HTTPException):
+    """An HTTPException that names why the request is refused: the `reason` tag of `mtl_refused_requests`."""
+
+    def __init__(self, status_code: int, reason: str, detail: str, headers: dict | None = None):
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
+        self.reason = reason
 
 
 def request_id(request: Request) -> str:
@@ -42,6 +61,9 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
 async def http_error(request: Request, error: StarletteHTTPException) -> Response:
     """FastAPI's own answer below 500; a 5xx (the 503s of `Ingress._call`) also carries a request id, logged with
     its cause."""
+    if is_refusal(error.status_code):
+        reason = error.reason if isinstance(error, Refusal) else REASONS.get(error.status_code)
+        ingress_metrics().refusal(reason or f"http_{error.status_code}")
     if error.status_code < 500:
         return await http_exception_handler(request, error)
     rid = request_id(request)
@@ -52,6 +74,7 @@ async def http_error(request: Request, error: StarletteHTTPException) -> Respons
 
 async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 body, with the echoed input made encodable: otherwise encoding the 422 itself fails (a 500)."""
+    ingress_metrics().refusal("invalid_request")
     return JSONResponse({"detail": _jsonable(jsonable_encoder(error.errors()))}, status_code=422)
 
 

@@ -12,6 +12,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from serve_app.metrics import ingress_metrics
+
 bearer = HTTPBearer(auto_error=False, description="required when the token variable (`auth_token_env`) is set")
 
 
@@ -85,6 +87,7 @@ class BodyLimit:
 
 
 async def too_large(send, limit: int) -> None:
+    ingress_metrics().refusal("body_too_large")
     body = JSONResponse({"detail": f"request body over {limit} bytes (args.max_body_bytes)"}, status_code=413)
     await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
     await send({"type": "http.response.body", "body": body.body})

@@ -14,28 +14,36 @@ text (a RayTaskError's holds the remote traceback); the replica log has the full
 
 import asyncio
 import base64
+import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mtl.export_format import export_id, manifest_path, read_manifest
 from mtl.inference.exported_model import normalize_rows, pair_cosine, select_typed_tasks, task_entries, task_outputs
+from serve_app.args import AppArgs
 from serve_app.batching import Batcher
-from serve_app.errors import http_error, internal_error, invalid_request
+from serve_app.errors import Refusal, http_error, internal_error, invalid_request
 from serve_app.guards import BodyLimit, check_exposure, check_token
+from serve_app.metrics import RequestMetrics, ingress_metrics
 from serve_app.schemas import (
+    MAX_EMBEDDING_INPUTS,
     EmbedRequest,
     EmbedResponse,
     ModelInfo,
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
+    OpenAIModel,
+    OpenAIModelList,
     PredictRequest,
     PredictResponse,
     SimilarityRequest,
@@ -52,14 +60,47 @@ api = FastAPI(
 )
 
 
+OPENAI_ROUTES = ("/v1/embeddings", "/v1/models")
+
+
+def openai_errors(handler):
+    """`handler`, and on OpenAI's routes a 4xx body that also holds OpenAI's error object: OpenAI's client (and so
+    LangChain's and LiteLLM's) puts only `error.message` in the exception's text, never this app's `detail`."""
+
+    async def handle(request: Request, error: Exception) -> Response:
+        response = await handler(request, error)
+        if not (request.url.path.startswith(OPENAI_ROUTES) and 400 <= response.status_code < 500):
+            return response
+        body = json.loads(response.body)
+        detail = body.get("detail")
+        if isinstance(detail, list):  # a validation error's items
+            detail = "; ".join(f"{'.'.join(map(str, item['loc'][1:])) or 'body'}: {item['msg']}" for item in detail)
+        message = {"message": str(detail), "type": "invalid_request_error", "param": None,
+                   "code": getattr(error, "reason", None)}  # fmt: skip
+        headers = {key: value for key, value in response.headers.items() if not key.startswith("content-")}
+        return JSONResponse({**body, "error": message}, response.status_code, headers)
+
+    return handle
+
+
 api.add_middleware(BodyLimit)
+api.add_middleware(RequestMetrics)  # added last, so outermost: counts BodyLimit's 413s too
 api.add_exception_handler(Exception, internal_error)
-api.add_exception_handler(StarletteHTTPException, http_error)
-api.add_exception_handler(RequestValidationError, invalid_request)
+api.add_exception_handler(StarletteHTTPException, openai_errors(http_error))
+api.add_exception_handler(RequestValidationError, openai_errors(invalid_request))
 
 
-def _retry_later(detail: str) -> HTTPException:
-    return HTTPException(status_code=503, detail=detail, headers={"Retry-After": RETRY_AFTER_S})
+def _retry_later(reason: str, detail: str) -> Refusal:
+    return Refusal(503, reason, detail, headers={"Retry-After": RETRY_AFTER_S})
+
+
+def served_dimensions(manifest: dict, dim: int) -> list[int]:
+    """The `dimensions` /v1/embeddings serves: the model's own, and any shorter ones its export declares it was trained
+    for (`matryoshka_dims` in mtl.json; a vector is then cut to its first values and normalised again)."""
+    declared = manifest.get("matryoshka_dims") or []
+    if not all(isinstance(value, int) and 1 <= value <= dim for value in declared):
+        raise ValueError(f"mtl.json: matryoshka_dims={declared!r}, each must be a whole number from 1 to {dim}")
+    return sorted({dim, *declared})
 
 
 @serve.deployment(name="Ingress")
@@ -77,8 +118,17 @@ class Ingress:
         api.state.auth_token_env = limits["auth_token_env"]
         api.state.max_body_bytes = limits["max_body_bytes"]
         self._tokenizer = None
+        self._tokenizing = ThreadPoolExecutor(1)  # off the event loop, one call at a time: a tokenizer is not shared
+        # Every vector handed out names its export version and encoder (model_dir is the resolved version directory).
+        manifest = read_manifest(model_dir)
+        self.identity = {"model": export_id(model_dir), "encoder_fingerprint": manifest.get("encoder_fingerprint")}
+        self.created = int(manifest_path(model_dir).stat().st_mtime)
+        self.dimensions = served_dimensions(manifest, info["dim"])
+        self.truncate = bool(limits.get("truncate", AppArgs.model_fields["truncate"].default))
         # A 503 from `_call` (overload, a lost replica, a timeout) is the whole batch's: not retried in halves.
-        self.batches = Batcher(self._infer, max_batch_size=64, batch_errors=(HTTPException,))
+        self.batches = Batcher(
+            self._infer, max_batch_size=64, batch_errors=(HTTPException,), on_batch=ingress_metrics().batch
+        )
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs (`user_config`): `max_batch_size` requests per batch, `batch_wait_timeout_s`."""
@@ -89,16 +139,18 @@ class Ingress:
         """At most `max_texts` texts (a pair is two) of at most `max_chars` characters each, else a 413 naming the
         field and the text's place."""
         if len(texts) > self.limits["max_texts"]:
-            raise HTTPException(
-                status_code=413,
+            raise Refusal(
+                413,
+                "too_many_texts",
                 detail=f"{field}: {len(texts)} texts, at most {self.limits['max_texts']} per request "
                 "(use jobs.embed for bulk work)",
             )
         for index, text in enumerate(texts):
             if len(text) > self.limits["max_chars"]:
                 where = f"{field}[{index // 2}][{index % 2}]" if pairs else f"{field}[{index}]"
-                raise HTTPException(
-                    status_code=413,
+                raise Refusal(
+                    413,
+                    "text_too_long",
                     detail=f"{where}: {len(text)} characters, at most {self.limits['max_chars']}",
                 )
 
@@ -107,12 +159,13 @@ class Ingress:
         try:
             return await asyncio.wait_for(response, timeout=self.limits["call_timeout_s"])
         except BackPressureError as error:
-            raise _retry_later(f"overloaded, retry later: {error}") from error
+            raise _retry_later("overloaded", f"overloaded, retry later: {error}") from error
         except RayActorError as error:
-            raise _retry_later("a model replica is restarting, retry later") from error
+            raise _retry_later("replica_restarting", "a model replica is restarting, retry later") from error
         except TimeoutError as error:
             response.cancel()
-            raise _retry_later(f"no model answer within {self.limits['call_timeout_s']} s, retry later") from error
+            detail = f"no model answer within {self.limits['call_timeout_s']} s, retry later"
+            raise _retry_later("model_timeout", detail) from error
 
     async def _infer(self, calls: list[tuple[list[str], tuple[str, ...], bool]]) -> list[tuple[np.ndarray, dict]]:
         """Concurrent requests (texts, tasks, whether the texts are pairs [a0, b0, a1, b1, ...]) -> one encoder call
@@ -159,7 +212,22 @@ class Ingress:
         identities = await asyncio.gather(*(self._call(head.identity.remote()) for head in self.heads.values()))
         heads = dict(zip(self.heads, identities, strict=True))
         limits = {key: self.limits[key] for key in ("max_texts", "max_chars", "max_body_bytes")}
-        return {**self.info, "heads": heads, "limits": limits}
+        embeddings = {"max_inputs": MAX_EMBEDDING_INPUTS, "truncate": self.truncate, "dimensions": self.dimensions}
+        return {**self.info, **self.identity, "embeddings": embeddings, "heads": heads, "limits": limits}
+
+    def _model_entry(self) -> dict:
+        return {"id": self.identity["model"], "object": "model", "created": self.created, "owned_by": "mtl"}
+
+    @api.get("/v1/models", response_model=OpenAIModelList, dependencies=[Depends(check_token)])
+    async def models(self) -> dict:
+        """OpenAI's model list: the one export served, its id the export's version id."""
+        return {"object": "list", "data": [self._model_entry()]}
+
+    @api.get("/v1/models/{model_id}", response_model=OpenAIModel, dependencies=[Depends(check_token)])
+    async def model_entry(self, model_id: str) -> dict:
+        if model_id != self.identity["model"]:
+            raise Refusal(404, "unknown_model", f"model {model_id!r}: this app serves {self.identity['model']!r}")
+        return self._model_entry()
 
     @api.post("/v1/embed", response_model=EmbedResponse, dependencies=[Depends(check_token)])
     async def embed(self, body: EmbedRequest) -> JSONResponse:
@@ -167,38 +235,75 @@ class Ingress:
         vectors, _ = await self._pooled(body.texts)
         if body.normalize:
             vectors = normalize_rows(vectors)
-        return JSONResponse({"embeddings": vectors.tolist(), "dim": int(vectors.shape[1])})
+        return JSONResponse({"embeddings": vectors.tolist(), "dim": int(vectors.shape[1]), **self.identity})
 
     @api.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse, dependencies=[Depends(check_token)])
     async def embeddings(self, body: OpenAIEmbeddingRequest) -> JSONResponse:
-        """OpenAI's embeddings API (the `openai` client, LangChain, LlamaIndex): L2-normalised like /v1/embed."""
+        """OpenAI's embeddings API (the `openai` client, LangChain, LiteLLM): up to 2,048 texts, L2-normalised like
+        /v1/embed. A text over the model's window is cut to it when `truncate` (the request's, else the server's)
+        says so, else refused: never cut silently. `model` is the served export's id, whatever the request named."""
         texts = [body.input] if isinstance(body.input, str) else body.input
-        if body.dimensions not in (None, self.info["dim"]):
-            detail = f"dimensions: {body.dimensions}; this model has {self.info['dim']}"
-            raise HTTPException(status_code=422, detail=detail)
-        self._check_limits(texts, "input")
-        vectors, _ = await self._pooled(texts)
-        vectors = normalize_rows(vectors).astype(np.float32)
+        dimensions = body.dimensions or self.info["dim"]
+        if dimensions not in self.dimensions:
+            served = (f"; dimensions may be one of {self.dimensions}" if len(self.dimensions) > 1 else
+                      " and its export declares no shorter ones (matryoshka_dims): omit dimensions")  # fmt: skip
+            detail = f"dimensions: {dimensions} is not served; this model's vectors have {self.info['dim']} dimensions"
+            raise Refusal(400, "dimensions_unsupported", detail + served)
+        lengths = await self._tokenized(self._token_lengths, texts)
+        window = self.info["max_seq_length"]
+        truncate = self.truncate if body.truncate is None else body.truncate
+        if not truncate and (over := [index for index, length in enumerate(lengths) if length > window]):
+            raise Refusal(400, "context_too_long", await self._tokenized(self._too_long, body.input, texts, over))
+        vectors = await self._pooled_in_pieces(texts)  # (n, dim)
+        vectors = normalize_rows(vectors[:, :dimensions]).astype(np.float32)
         if body.encoding_format == "base64":
             encoded = [base64.b64encode(vector.tobytes()).decode() for vector in vectors]
         else:
             encoded = vectors.tolist()
-        tokens = self._token_count(texts)
+        tokens = sum(min(length, window) for length in lengths)  # what the encoder read
         return JSONResponse({
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
-            "model": body.model,
+            "model": self.identity["model"],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "encoder_fingerprint": self.identity["encoder_fingerprint"],
         })  # fmt: skip
 
-    def _token_count(self, texts: list[str]) -> int:
-        """Tokens the encoder reads (its tokenizer, special tokens included, truncated at max_seq_length)."""
+    async def _pooled_in_pieces(self, texts: list[str]) -> np.ndarray:
+        """Vectors of up to 2,048 texts, `max_texts` at a time through the batcher, one piece after the other: a piece
+        costs what a full /v1/embed request does (memory, one encoder call within call_timeout_s), and other
+        requests' batches run between pieces."""
+        step = self.limits["max_texts"]
+        return np.concatenate([(await self._pooled(texts[start : start + step]))[0]
+                               for start in range(0, len(texts), step)])  # fmt: skip
+
+    async def _tokenized(self, func, *args):
+        """`func(*args)` on the one tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizing, func, *args)
+
+    def _tokenizer_loaded(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        ids = self._tokenizer(texts, truncation=True, max_length=self.info["max_seq_length"])["input_ids"]
-        return sum(len(row) for row in ids)
+        return self._tokenizer
+
+    def _token_lengths(self, texts: list[str]) -> list[int]:
+        """Each text's tokens as the encoder reads them (its tokenizer, special tokens included), counted up to
+        max_seq_length + 1: past the window, how far does not matter."""
+        tokenizer, cap = self._tokenizer_loaded(), self.info["max_seq_length"] + 1
+        ids = tokenizer(texts, truncation=True, max_length=cap, return_attention_mask=False)["input_ids"]
+        return [len(row) for row in ids]
+
+    def _too_long(self, given: str | list[str], texts: list[str], over: list[int]) -> str:
+        """The 400 for texts over the window: the first one's place and length, and both ways to have them cut."""
+        first, window = over[0], self.info["max_seq_length"]
+        length = len(self._tokenizer_loaded()(texts[first], verbose=False)["input_ids"])  # one text, whole
+        where = "input" if isinstance(given, str) else f"input[{first}]"
+        others = f" (and {len(over) - 1} more of the {len(texts)} inputs)" if len(over) > 1 else ""
+        return (f"{where}: {length} tokens, over this model's window of {window} (max_seq_length){others}; send "
+                f'"truncate": true to embed the first {window} tokens of each, or set truncate: true in the serve '
+                "config (args)")  # fmt: skip
 
     @api.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(check_token)])
     async def predict(self, body: PredictRequest) -> JSONResponse:
@@ -220,6 +325,7 @@ class Ingress:
         entries = {task: task_entries(self.info["task_info"][task], outputs[task]) for task in tasks}
         count = len(texts) // 2 if pairs else len(texts)
         predictions = [{task: entries[task][row] for task in tasks} for row in range(count)]
+        ingress_metrics().predicted(tasks, count)
         return JSONResponse({"predictions": predictions})
 
     @api.post("/v1/similarity", response_model=SimilarityResponse, dependencies=[Depends(check_token)])

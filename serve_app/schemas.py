@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_
 # them as [UNK], so they are served.
 UNENCODABLE = re.compile("[\x00\ud800-\udfff]")
 TEXT_RULES = "each text non-empty, without NUL or lone surrogates (U+D800-U+DFFF)"
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per /v1/embeddings request; LangChain's default chunk_size (1,000) fits
 
 
 def _unencodable(text: str) -> str | None:
@@ -61,6 +62,8 @@ class EmbedRequest(BaseModel):
 class EmbedResponse(BaseModel):
     embeddings: list[list[float]]
     dim: int
+    model: str = Field(description="the served export's version id (GET /v1/models), the space these vectors are in")
+    encoder_fingerprint: str | None = Field(description="the encoder weights' fingerprint (the export's mtl.json)")
 
 
 class PredictRequest(BaseModel):
@@ -138,14 +141,36 @@ class SimilarityResponse(BaseModel):
 
 
 class OpenAIEmbeddingRequest(BaseModel):
-    """OpenAI's `POST /v1/embeddings` body; `dimensions` and `user` are accepted as the API defines them."""
+    """OpenAI's `POST /v1/embeddings` body, plus `truncate` (as Hugging Face's TEI names it)."""
 
     model_config = ConfigDict(extra="forbid")
-    input: StrictStr | list[StrictStr] = Field(description=TEXT_RULES, examples=["a gripping , beautiful film"])
-    model: StrictStr = Field("mtl", description="echoed back; this app serves one model")
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, description="must be the model's dimension when given")
+    input: StrictStr | list[StrictStr] = Field(
+        description=f"a text or up to {MAX_EMBEDDING_INPUTS} texts; {TEXT_RULES}; text only (token ids of another "
+        "tokenizer are refused)",
+        examples=["a gripping , beautiful film"],
+    )
+    model: StrictStr = Field("mtl", description="any name: this app serves one model, and answers with its id")
+    encoding_format: Literal["float", "base64"] | None = Field("float", description="null (LiteLLM sends it): float")
+    dimensions: int | None = Field(
+        None, ge=1, description="the model's dimension, or one its export declares (matryoshka_dims); else a 400"
+    )
     user: StrictStr | None = None
+    truncate: StrictBool | None = Field(
+        None,
+        description="a text over the model's max_seq_length tokens: cut to it (true) or a 400 (false); omitted: the "
+        "server's `truncate` setting (GET /v1/model, embeddings.truncate)",
+    )
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _refuse_token_ids(cls, value: object) -> object:
+        """OpenAI also takes token ids; ours would be another tokenizer's (tiktoken's, from LangChain's default)."""
+        if isinstance(value, list) and value and isinstance(value[0], int | list) and not isinstance(value[0], bool):
+            raise ValueError(
+                "input holds token ids; this server takes text and tokenizes it with its own model's tokenizer "
+                "(LangChain's OpenAIEmbeddings: pass check_embedding_ctx_length=False)"
+            )
+        return value
 
     @field_validator("input")
     @classmethod
@@ -158,6 +183,9 @@ class OpenAIEmbeddingRequest(BaseModel):
             return value
         if not value:
             raise ValueError("input is an empty list")
+        if len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"input holds {len(value)} texts, at most {MAX_EMBEDDING_INPUTS} per request (OpenAI's "
+                             "limit): send them in several requests (LangChain: chunk_size)")  # fmt: skip
         return _check_texts(value)
 
 
@@ -175,8 +203,24 @@ class OpenAIUsage(BaseModel):
 class OpenAIEmbeddingResponse(BaseModel):
     object: Literal["list"] = "list"
     data: list[OpenAIEmbedding]
-    model: str
-    usage: OpenAIUsage
+    model: str = Field(description="the served export's version id (GET /v1/models), whatever the request named")
+    usage: OpenAIUsage = Field(description="tokens embedded (the model's tokenizer, special tokens included, after "
+                               "any truncation)")  # fmt: skip
+    encoder_fingerprint: str | None = Field(description="the encoder weights' fingerprint (not in OpenAI's API)")
+
+
+class OpenAIModel(BaseModel):
+    id: str = Field(description="the export's version id: its directory's name under versions/")
+    object: Literal["model"] = "model"
+    created: int = Field(description="when the export was written (its mtl.json), Unix seconds")
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    """OpenAI's `GET /v1/models`: the one export this app serves."""
+
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
 
 
 class TaskInfo(BaseModel):
@@ -194,7 +238,20 @@ class TaskInfo(BaseModel):
     )
 
 
+class EmbeddingsInfo(BaseModel):
+    """What `POST /v1/embeddings` takes."""
+
+    max_inputs: int = Field(description="texts per request")
+    truncate: bool = Field(description="the default for a request that does not send `truncate`")
+    dimensions: list[int] = Field(
+        description="the values `dimensions` may take: the model's own and any its export declares (matryoshka_dims)"
+    )
+
+
 class ModelInfo(BaseModel):
+    model: str = Field(description="the export's version id (GET /v1/models; `model` in embedding responses)")
+    encoder_fingerprint: str | None
+    embeddings: EmbeddingsInfo
     tasks: dict[str, list[str]]
     task_info: dict[str, TaskInfo]
     pooling: str
