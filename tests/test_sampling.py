@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtl.config import ConfigError
+from mtl.data.contract import split_files
 from mtl.data.ray_datasets import clean_rows, validate_files
 from mtl.data.sampling import draw_counts, draw_rates, task_weights
 from mtl.train.local_session import LocalSession
@@ -48,7 +49,7 @@ def test_ray_data_map_and_local_session_draw_the_configured_shares(make_config, 
     path = write_parquet(tmp_path / "mixed.parquet", mixed_rows(1_600, 400))
     data = {"train": [str(path)], "sampling": sampling, "long_text_words": 6, "long_text_factor": 3.0}
     config = make_config(data=data)
-    _, _, counts, weight_sums = validate_files(config.data.train, config, "data.train")
+    _, _, counts, weight_sums = validate_files(split_files(config, "train"), config, "data.train")
     assert counts == {"sentiment": 1_600, "topic": 400} and weight_sums == {"sentiment": 2_400.0, "topic": 400.0}
     rates, epoch_rows = draw_rates(counts, weight_sums, config.data)
     topic_share = task_weights(counts, sampling, config.data.temperature)["topic"]
@@ -99,7 +100,7 @@ def test_long_text_factor_needs_a_length(make_config):
 def test_ray_data_map_draws_afresh_every_epoch(make_config, tmp_path):
     path = write_parquet(tmp_path / "mixed.parquet", mixed_rows(1_600, 400))
     config = make_config(data={"train": [str(path)], "sampling": "temperature"})
-    _, _, counts, weight_sums = validate_files(config.data.train, config, "data.train")
+    _, _, counts, weight_sums = validate_files(split_files(config, "train"), config, "data.train")
     rates, _ = draw_rates(counts, weight_sums, config.data)
     raw, config_json = pq.read_table(path), config.model_dump_json()
     epochs = [clean_rows(raw, config_json, [rates[name] for name in config.task_names]) for _ in range(2)]
@@ -124,7 +125,7 @@ def test_ray_path_has_no_long_single_task_stretches_even_from_single_task_files(
                       {key: value[part * 1_000 : (part + 1) * 1_000] for key, value in rows.items()})  # fmt: skip
     write_parquet(tmp_path / "train" / "b-topic.parquet", {key: value[4_000:] for key, value in rows.items()})
     config = make_config(data={"train": [str(tmp_path / "train" / "*.parquet")], "validation": []})
-    files, _, counts, weight_sums = validate_files(config.data.train, config, "data.train")
+    files, _, counts, weight_sums = validate_files(split_files(config, "train"), config, "data.train")
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         dataset, _, _ = training_dataset(files, config, counts, weight_sums, str(tmp_path / "stream_resume.npy"))
