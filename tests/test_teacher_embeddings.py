@@ -49,7 +49,9 @@ def test_cache_holds_the_teachers_vectors_is_reused_and_rebuilt_when_its_key_cha
     files, reused = teacher_embeddings(config.data.train, config, ROWS)
     assert not reused and "computing 256 rows" in capsys.readouterr().out
     table = pq.ParquetDataset(files).read()
-    assert table.num_rows == ROWS and set(table.column_names) == {"text", "task_id", "label", "row_id", "teacher"}
+    columns = {"text", "text_pair", "task_id", "label", "score", "row_id", "teacher", "teacher_pair"}
+    assert table.num_rows == ROWS and set(table.column_names) == columns
+    assert not np.stack(table.column("teacher_pair").to_pylist()).any()  # no pair rows: zeros
     # Each row's vector is what the online teacher gives that text (same tokenisation, pooling, precision).
     texts = table.column("text").to_pylist()[:20]
     teacher = Teacher(build_model(config), config.train.precision, torch.device("cpu"))
