@@ -26,7 +26,7 @@ import numpy as np
 
 from mtl.config import RUN_NAME, TYPE_METRICS, Config, validate_config
 from mtl.errors import UserError
-from mtl.train.strategy_comparison import trainable_parameters
+from mtl.train.strategy_comparison import trainable_parameters, with_steps
 
 # The figures shown per task type, in table order (a type missing here shows its TYPE_METRICS).
 SHOWN_METRICS: dict[str, tuple[str, ...]] = {
@@ -76,10 +76,7 @@ def trial_config(base: Config, backbone: str, label: str, steps: int | None) -> 
     raw["model"]["backbone"] = backbone
     raw["run"]["name"] = f"{base.run.name}-backbone-{label}"
     assert RUN_NAME.fullmatch(raw["run"]["name"]), raw["run"]["name"]
-    if steps is not None:
-        raw["train"].update(max_steps=steps, epochs=None)
-        raw["train"]["eval_every"] = min(raw["train"]["eval_every"], steps)
-        raw["train"]["checkpoint_every"] = min(raw["train"]["checkpoint_every"], steps)
+    with_steps(raw, steps)
     return validate_config(raw, source=f"backbone {backbone}")
 
 

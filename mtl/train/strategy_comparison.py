@@ -29,6 +29,16 @@ STRATEGIES: dict[str, tuple[dict, dict]] = {
 }
 
 
+def with_steps(raw: dict, steps: int | None) -> None:
+    """A comparison's `--steps`: every trial runs that many optimizer steps, validating and checkpointing at least at
+    the end (in place on a plain config dict; None keeps the config's own budget)."""
+    if steps is None:
+        return
+    raw["train"].update(max_steps=steps, epochs=None)
+    raw["train"]["eval_every"] = min(raw["train"]["eval_every"], steps)
+    raw["train"]["checkpoint_every"] = min(raw["train"]["checkpoint_every"], steps)
+
+
 def trial_config(base: Config, name: str, steps: int | None) -> Config:
     """The base config with this trial's strategy and retention (other settings, e.g. LoRA rank, kept)."""
     finetune, retain = STRATEGIES[name]
@@ -36,10 +46,7 @@ def trial_config(base: Config, name: str, steps: int | None) -> Config:
     raw["finetune"] = {**raw["finetune"], **finetune, "freeze_heads": []}
     raw["retain"] = {**raw["retain"], **retain, "wise_alphas": []}
     raw["run"]["name"] = f"{base.run.name}-compare-{name.replace('+', '-')}"
-    if steps is not None:
-        raw["train"].update(max_steps=steps, epochs=None)
-        raw["train"]["eval_every"] = min(raw["train"]["eval_every"], steps)
-        raw["train"]["checkpoint_every"] = min(raw["train"]["checkpoint_every"], steps)
+    with_steps(raw, steps)
     return validate_config(raw, source=f"strategy {name}")
 
 
