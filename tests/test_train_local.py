@@ -57,6 +57,9 @@ def test_loss_falls_and_export_is_complete(make_config, capsys, tmp_path):
     manifest = json.loads(open(f"{export}/mtl.json").read())
     assert manifest["pooling"] == "cls" and manifest["tasks"]["topic"]["labels"][0] == "ABBR"
     assert manifest["provenance"]["steps"] == 100
+    compatibility = result["index_compatibility"]  # in the run summary, as in report.json
+    assert compatibility == result["report"]["index_compatibility"] and compatibility["texts"] > 10
+    assert 0 <= compatibility["recall_at_10_new_query_old_index"] <= 1 and compatibility["advice"]
     head = load_file(f"{export}/heads/topic.safetensors")
     assert head["weight"].shape == (6, 32) and head["bias"].shape == (6,)
     # The best validation checkpoint is exported too, and the run report has curves and STS-B before/after.
