@@ -31,19 +31,25 @@ class Encoder:
         self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
         self.calls.wait_s = float(user_config.get("batch_wait_timeout_s", self.calls.wait_s))
 
-    async def encode_calls(self, calls: list[list[str]]) -> list[np.ndarray]:
+    async def encode_calls(self, calls: list[list[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Concurrent calls (one per ingress batch, from every ingress replica) merged; forward passes of
-        `max_batch_size` texts."""
+        `max_batch_size` texts. Per call: its vectors and each text's token count (`ExportedModel.encode_counted`)."""
         texts = [text for call in calls for text in call]
         # Off the event loop, so new calls keep queueing for the next batch meanwhile.
         began = time.perf_counter()
-        pooled = (await asyncio.to_thread(self.model.encode, texts, self.max_batch_size)).numpy()
+        pooled, counts = await asyncio.to_thread(self.model.encode_counted, texts, self.max_batch_size)
+        pooled = pooled.numpy()
         self.metrics.encoded(len(texts), time.perf_counter() - began)
         bounds = np.cumsum([0] + [len(call) for call in calls])
-        return [pooled[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [(pooled[start:end], counts[start:end]) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
     async def encode(self, texts: list[str]) -> np.ndarray:
         """Un-normalised pooled vectors `(len(texts), dim)`."""
+        return (await self.calls(texts))[0]
+
+    async def encode_counted(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode`, and each text's tokens as the encoder read them (`max_seq_length + 1`: the window cut it). The
+        ingress counts /v1/embeddings usage and refuses over-long texts from these, without a tokenizer of its own."""
         return await self.calls(texts)
 
     def identity(self) -> dict:

@@ -19,6 +19,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -94,6 +95,11 @@ def _retry_later(reason: str, detail: str) -> Refusal:
     return Refusal(503, reason, detail, headers={"Retry-After": RETRY_AFTER_S})
 
 
+def json_response(content: dict) -> Response:
+    """A JSON body written by orjson, numpy arrays included (a vector of 384 floats: 6 µs instead of json's 230)."""
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
 def served_dimensions(manifest: dict, dim: int) -> list[int]:
     """The `dimensions` /v1/embeddings serves: the model's own, and any shorter ones its export declares it was trained
     for (`matryoshka_dims` in mtl.json; a vector is then cut to its first values and normalised again)."""
@@ -167,12 +173,12 @@ class Ingress:
             detail = f"no model answer within {self.limits['call_timeout_s']} s, retry later"
             raise _retry_later("model_timeout", detail) from error
 
-    async def _infer(self, calls: list[tuple[list[str], tuple[str, ...], bool]]) -> list[tuple[np.ndarray, dict]]:
+    async def _infer(self, calls: list[tuple[list[str], tuple[str, ...], bool]]) -> list[tuple]:
         """Concurrent requests (texts, tasks, whether the texts are pairs [a0, b0, a1, b1, ...]) -> one encoder call
         for their distinct texts and one call per head they need, each distinct input (a row, or a pair of rows) once.
-        Per request: its rows' vectors and task -> outputs (one per text, or per pair)."""
+        Per request: its rows' vectors, task -> outputs (one per text, or per pair) and its texts' token counts."""
         unique = list(dict.fromkeys(text for texts, _, _ in calls for text in texts))
-        vectors = await self._call(self.encoder.encode.remote(unique))
+        vectors, counts = await self._call(self.encoder.encode_counted.remote(unique))
         index = {text: row for row, text in enumerate(unique)}
         rows = [np.fromiter((index[text] for text in texts), dtype=np.int64, count=len(texts)) for texts, _, _ in calls]
         inputs = [row.reshape(-1, 2) if pairs else row[:, None] for row, (_, _, pairs) in zip(rows, calls, strict=True)]
@@ -188,7 +194,7 @@ class Ingress:
         results = []
         for i in range(len(calls)):
             mine = {task: out[where[task][i]] for task, out in zip(needed, outputs, strict=True) if i in where[task]}
-            results.append((vectors[rows[i]], mine))
+            results.append((vectors[rows[i]], mine, counts[rows[i]]))
         return results
 
     async def _task_outputs(self, task: str, vectors: np.ndarray, inputs: np.ndarray) -> np.ndarray:
@@ -200,7 +206,8 @@ class Ingress:
         return await self._call(self.heads[task].remote(*columns))
 
     async def _pooled(self, texts: list[str], tasks: tuple[str, ...] = (), pairs: bool = False) -> tuple:
-        """(vectors of `texts`, task -> outputs) through the request batcher; `pairs`: texts are [a0, b0, a1, ...]."""
+        """(vectors of `texts`, task -> outputs, token counts) through the request batcher; `pairs`: texts are
+        [a0, b0, a1, ...]."""
         return await self.batches((texts, tasks, pairs))
 
     @api.get("/healthz")
@@ -232,10 +239,10 @@ class Ingress:
     @api.post("/v1/embed", response_model=EmbedResponse, dependencies=[Depends(check_token)])
     async def embed(self, body: EmbedRequest) -> JSONResponse:
         self._check_limits(body.texts, "texts")
-        vectors, _ = await self._pooled(body.texts)
+        vectors, *_ = await self._pooled(body.texts)
         if body.normalize:
             vectors = normalize_rows(vectors)
-        return JSONResponse({"embeddings": vectors.tolist(), "dim": int(vectors.shape[1]), **self.identity})
+        return json_response({"embeddings": vectors, "dim": int(vectors.shape[1]), **self.identity})
 
     @api.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse, dependencies=[Depends(check_token)])
     async def embeddings(self, body: OpenAIEmbeddingRequest) -> JSONResponse:
@@ -249,19 +256,18 @@ class Ingress:
                       " and its export declares no shorter ones (matryoshka_dims): omit dimensions")  # fmt: skip
             detail = f"dimensions: {dimensions} is not served; this model's vectors have {self.info['dim']} dimensions"
             raise Refusal(400, "dimensions_unsupported", detail + served)
-        lengths = await self._tokenized(self._token_lengths, texts)
+        vectors, counts = await self._pooled_in_pieces(texts)  # (n, dim), (n,)
         window = self.info["max_seq_length"]
         truncate = self.truncate if body.truncate is None else body.truncate
-        if not truncate and (over := [index for index, length in enumerate(lengths) if length > window]):
+        if not truncate and (over := np.flatnonzero(counts > window).tolist()):
             raise Refusal(400, "context_too_long", await self._tokenized(self._too_long, body.input, texts, over))
-        vectors = await self._pooled_in_pieces(texts)  # (n, dim)
         vectors = normalize_rows(vectors[:, :dimensions]).astype(np.float32)
         if body.encoding_format == "base64":
             encoded = [base64.b64encode(vector.tobytes()).decode() for vector in vectors]
         else:
-            encoded = vectors.tolist()
-        tokens = sum(min(length, window) for length in lengths)  # what the encoder read
-        return JSONResponse({
+            encoded = list(vectors)  # float32 rows, written by orjson
+        tokens = int(np.minimum(counts, window).sum())  # what the encoder read
+        return json_response({
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
             "model": self.identity["model"],
@@ -269,13 +275,13 @@ class Ingress:
             "encoder_fingerprint": self.identity["encoder_fingerprint"],
         })  # fmt: skip
 
-    async def _pooled_in_pieces(self, texts: list[str]) -> np.ndarray:
-        """Vectors of up to 2,048 texts, `max_texts` at a time through the batcher, one piece after the other: a piece
-        costs what a full /v1/embed request does (memory, one encoder call within call_timeout_s), and other
-        requests' batches run between pieces."""
+    async def _pooled_in_pieces(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and token counts of up to 2,048 texts, `max_texts` at a time through the batcher, one piece after
+        the other: a piece costs what a full /v1/embed request does (memory, one encoder call within
+        call_timeout_s), and other requests' batches run between pieces."""
         step = self.limits["max_texts"]
-        return np.concatenate([(await self._pooled(texts[start : start + step]))[0]
-                               for start in range(0, len(texts), step)])  # fmt: skip
+        pieces = [await self._pooled(texts[start : start + step]) for start in range(0, len(texts), step)]
+        return np.concatenate([vectors for vectors, *_ in pieces]), np.concatenate([counts for *_, counts in pieces])
 
     async def _tokenized(self, func, *args):
         """`func(*args)` on the one tokenizer thread."""
@@ -287,13 +293,6 @@ class Ingress:
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         return self._tokenizer
-
-    def _token_lengths(self, texts: list[str]) -> list[int]:
-        """Each text's tokens as the encoder reads them (its tokenizer, special tokens included), counted up to
-        max_seq_length + 1: past the window, how far does not matter."""
-        tokenizer, cap = self._tokenizer_loaded(), self.info["max_seq_length"] + 1
-        ids = tokenizer(texts, truncation=True, max_length=cap, return_attention_mask=False)["input_ids"]
-        return [len(row) for row in ids]
 
     def _too_long(self, given: str | list[str], texts: list[str], over: list[int]) -> str:
         """The 400 for texts over the window: the first one's place and length, and both ways to have them cut."""
@@ -321,7 +320,7 @@ class Ingress:
             kind = "pair" if pairs else "single-text"
             types = {task: item["type"] for task, item in self.info["task_info"].items()}
             raise HTTPException(status_code=422, detail=f"{field}: this model has no {kind} task; its tasks: {types}")
-        _, outputs = await self._pooled(texts, tuple(tasks), pairs)
+        _, outputs, _ = await self._pooled(texts, tuple(tasks), pairs)
         entries = {task: task_entries(self.info["task_info"][task], outputs[task]) for task in tasks}
         count = len(texts) // 2 if pairs else len(texts)
         predictions = [{task: entries[task][row] for task in tasks} for row in range(count)]
@@ -332,6 +331,6 @@ class Ingress:
     async def similarity(self, body: SimilarityRequest) -> JSONResponse:
         texts = [text for pair in body.pairs for text in pair]
         self._check_limits(texts, "pairs")
-        vectors, _ = await self._pooled(texts)
+        vectors, *_ = await self._pooled(texts)
         scores = pair_cosine(vectors[0::2], vectors[1::2])
         return JSONResponse({"scores": [float(score) for score in scores]})

@@ -12,6 +12,21 @@ Two cases: `short` = 4,000 SST-2 sentences and phrases (~13 word pieces), `long`
 Prints rows/s, the ratios against (a), and the cosine agreement of (b), (c) with (a).
 Data: ../shared/data when present, else the bundled sample (repeated). Default model: an export of the untouched
 default backbone (built once under runs/bench/).
+
+    python -m jobs.bench.embed --anchor st [--corpus long|mixed] [--rows N] [--model EXPORT]
+
+`--anchor st` instead compares the whole job with what a user would install instead: sentence-transformers' own CPU
+recipes (jobs/bench/anchor_st.py in the anchors' environment, jobs/bench/anchors.py: `encode` fp32, under bf16
+autocast, ONNX fp32, ONNX int8; batch 32, as many threads as the job's one actor) against `python -m jobs.embed
+--precision bf16` as a user runs it, on one corpus of >= 60,000 texts written once to Parquet. `long` (default):
+60,000 texts of ~50 word pieces, STS-B sentences joined as in the `long` case, each pass over the sentences after the
+first in a new seeded order (59,890 distinct texts); `mixed`: every text of ../shared/data/mixed (train + validation,
+64,684, mostly short SST-2 phrases). ST's texts/s are of one `encode` call after a warm-up, its model load (with the
+ONNX export or quantisation) reported apart; the job's are of the whole process (interpreter, imports, Ray start,
+pre-flight, read -> actor -> write), and its fixed start-up (process wall minus the job's own seconds after Ray
+start) is reported apart too. Our output is read back in input order and checked row by row against the input's
+texts and ST fp32's vectors. Targets: the job >= 1.0x the fastest ST recipe whose min cosine to fp32 is >= 0.99, and
+>= 2.0x ST fp32.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ import argparse
 import glob
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -36,8 +52,19 @@ from mtl.inference.batch import EmbedBatch, EmbedOptions
 
 SHARED_SST2 = "../shared/data/sst2/train-*.parquet"
 SHARED_STSB = "../shared/data/stsb/train.parquet"
+SHARED_MIXED = ("../shared/data/mixed/train-*.parquet", "../shared/data/mixed/validation.parquet")
 SAMPLE = "data/sample/sentiment.tsv"
 CASES = {"short": 4000, "long": 7600}
+CORPORA = {"long": 60_000, "mixed": 64_684}  # --anchor's corpora: rows (mixed: all of train + validation)
+RECIPES = ("fp32", "bf16_autocast", "onnx_fp32", "onnx_int8")  # jobs/bench/anchor_st.py's
+ST_BATCH = 32  # SentenceTransformer.encode's default
+MIN_COSINE = 0.99  # to ST fp32: a recipe below it is not the same embedding
+RECIPE_NAMES = {
+    "fp32": "ST encode fp32",
+    "bf16_autocast": "ST encode, torch.autocast bf16",
+    "onnx_fp32": "ST backend=onnx fp32",
+    "onnx_int8": "ST onnx int8 (avx512_vnni, dynamic)",
+}
 
 
 def load_texts(pattern: str | None, rows: int) -> tuple[list[str], str]:
@@ -56,8 +83,11 @@ def load_texts(pattern: str | None, rows: int) -> tuple[list[str], str]:
     return texts[:rows], pattern
 
 
-def long_texts(rows: int, words: int = 34) -> tuple[list[str], str]:
-    """Texts of ~50 word pieces: consecutive STS-B sentences (else sample sentences) joined to ~`words` words."""
+def long_texts(rows: int, words: int = 34, distinct: bool = False) -> tuple[list[str], str]:
+    """Texts of ~50 word pieces: consecutive STS-B sentences (else sample sentences) joined to ~`words` words.
+
+    Past the last sentence they start again: in file order they fall back into the same groups (60,000 texts would
+    be ~2,900 distinct ones); with `distinct`, each later pass takes the sentences in a new seeded order."""
     if Path(SHARED_STSB).is_file():
         table = pq.read_table(SHARED_STSB)
         sentences, source = table.column("sentence1").to_pylist() + table.column("sentence2").to_pylist(), SHARED_STSB
@@ -65,12 +95,24 @@ def long_texts(rows: int, words: int = 34) -> tuple[list[str], str]:
         sentences, source = load_texts(None, 2000)[0], SAMPLE
     texts, current, index = [], [], 0
     while len(texts) < rows:
-        current.append(sentences[index % len(sentences)])
+        turn, at = divmod(index, len(sentences))
+        if distinct and turn and not at:
+            random.Random(turn).shuffle(sentences)
+        current.append(sentences[at])
         index += 1
         if sum(len(sentence.split()) for sentence in current) >= words:
             texts.append(" ".join(current))
             current = []
-    return texts, f"{source} (sentences joined to ~{words} words)"
+    return texts, f"{source} (sentences joined to ~{words} words{', later passes shuffled' if distinct else ''})"
+
+
+def mixed_texts(rows: int) -> tuple[list[str], str]:
+    """The first `rows` texts of ../shared/data/mixed, train shards then validation (else the sample, repeated)."""
+    files = [path for pattern in SHARED_MIXED for path in sorted(glob.glob(pattern))]
+    if not files:
+        return load_texts(None, rows)
+    texts = [text for path in files for text in pq.read_table(path, columns=["text"]).column("text").to_pylist()]
+    return texts[:rows], " + ".join(SHARED_MIXED)
 
 
 def default_export() -> Path:
@@ -94,20 +136,27 @@ def timed(function, warmup_texts, texts) -> tuple[float, np.ndarray]:
     return len(texts) / (time.perf_counter() - started), vectors
 
 
-def whole_job(model: Path, texts: list[str], precision: str) -> dict:
-    """`python -m jobs.embed` as a user runs it, timed from process start to exit."""
-    with tempfile.TemporaryDirectory() as directory:
-        pq.write_table(pa.table({"text": texts}), f"{directory}/input.parquet")
-        command = [sys.executable, "-m", "jobs.embed", "--model", str(model), "--input", f"{directory}/input.parquet",
-                   "--output", f"{directory}/out", "--precision", precision]  # fmt: skip
-        env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-        started = time.perf_counter()
-        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        wall = time.perf_counter() - started
+def run_job(model: Path, inputs: str, output: str, precision: str, *flags: str, timeout: float = 900) -> dict:
+    """`python -m jobs.embed` as a user runs it (a fresh local Ray), timed from process start to exit; the job's own
+    seconds after Ray start come from its summary line. The output stays where `output` says."""
+    command = [sys.executable, "-m", "jobs.embed", "--model", str(model), "--input", inputs, "--output", output,
+               "--precision", precision, *flags]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    wall = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"jobs.embed failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-3000:]}")
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
-    return {"wall_s": wall, "rows_per_s": len(texts) / wall, "job_s_after_ray_start": summary["seconds"]}
+    return {"wall_s": wall, "job_s_after_ray_start": summary["seconds"]}
+
+
+def whole_job(model: Path, texts: list[str], precision: str) -> dict:
+    """`run_job` on `texts`, its output thrown away."""
+    with tempfile.TemporaryDirectory() as directory:
+        pq.write_table(pa.table({"text": texts}), f"{directory}/input.parquet")
+        timing = run_job(model, f"{directory}/input.parquet", f"{directory}/out", precision)
+    return timing | {"rows_per_s": len(texts) / timing["wall_s"]}
 
 
 def run_case(name: str, model: Path, texts: list[str], source: str, job: bool) -> dict:
@@ -148,14 +197,98 @@ def run_case(name: str, model: Path, texts: list[str], source: str, job: bool) -
             "agreement": agreement, "jobs": jobs}  # fmt: skip
 
 
+def read_output(directory: Path) -> pa.Table:
+    """A `jobs.embed` output in input order: its `part-<first input row>.parquet` files in name order."""
+    return pa.concat_tables(pq.read_table(path) for path in sorted(directory.glob("part-*.parquet")))
+
+
+def anchor_st(model: Path, corpus: str, rows: int) -> dict:
+    """--anchor st: ST's CPU recipes, then the whole job, on one corpus; see the module docstring."""
+    from jobs.bench.anchors import run_script
+
+    texts, source = long_texts(rows, distinct=True) if corpus == "long" else mixed_texts(rows)
+    if not Path("../shared/data").is_dir():
+        print("../shared/data is missing: the corpus is the bundled sample, repeated (rates not comparable)")
+    threads = os.cpu_count() or 1  # jobs.embed's one actor takes them all by default
+    print(f"\n=== {corpus}: {len(texts)} texts ({len(set(texts))} distinct) from {source}; {threads} threads")
+    with tempfile.TemporaryDirectory() as directory:
+        inputs, vectors, output = f"{directory}/corpus.parquet", f"{directory}/st_fp32.npy", Path(directory, "out")
+        pq.write_table(pa.table({"text": texts}), inputs)
+        request = {"export": str(model.resolve()), "texts": inputs, "batch_size": ST_BATCH, "threads": threads,
+                   "recipes": list(RECIPES), "vectors": vectors}  # fmt: skip
+        st = run_script("anchor_st.py", request)
+        reference = np.load(vectors)
+        job = run_job(model, inputs, str(output), "bf16", "--keep-columns", "text", timeout=3600)
+        table = read_output(output)
+    assert table.num_rows == len(texts), f"jobs.embed wrote {table.num_rows} rows for {len(texts)} texts"
+    assert table.column("text").to_pylist() == texts, "jobs.embed's rows are not the input's, in input order"
+    embedded = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(len(texts), -1)
+    norms = np.linalg.norm(embedded, axis=1) * np.linalg.norm(reference, axis=1)
+    cosine = (embedded * reference).sum(axis=1) / norms
+    rate = len(texts) / job["wall_s"]
+    ours = job | {
+        "texts_per_s": rate,
+        "min_cosine": float(cosine.min()),
+        "mean_cosine": float(cosine.mean()),
+        "startup_s": job["wall_s"] - job["job_s_after_ray_start"],
+        "texts_per_s_after_ray_start": len(texts) / job["job_s_after_ray_start"],
+    }
+    recipes = st.pop("recipes")
+    ratios = {recipe: rate / values["texts_per_s"] for recipe, values in recipes.items()}
+    faithful = [recipe for recipe in recipes if recipes[recipe]["min_cosine"] >= MIN_COSINE]
+    best = max(faithful, key=lambda recipe: recipes[recipe]["texts_per_s"])
+    result = {
+        "corpus": {"name": corpus, "source": source, "texts": len(texts), "distinct": len(set(texts))},
+        "threads": threads,
+        "st": st,
+        "recipes": recipes,
+        "ours": ours,
+        "ratios": ratios,
+        "best_recipe": best,
+        "targets": {
+            "vs_best_recipe": {"recipe": best, "ratio": ratios[best], "target": 1.0, "met": ratios[best] >= 1.0},
+            "vs_st_fp32": {"recipe": "fp32", "ratio": ratios["fp32"], "target": 2.0, "met": ratios["fp32"] >= 2.0},
+        },
+    }
+    print_anchor(result)
+    return result
+
+
+def print_anchor(result: dict) -> None:
+    st, ours, ratios = result["st"], result["ours"], result["ratios"]
+    print(f"mean word pieces {st['mean_word_pieces']:.1f} (max_seq_length {st['max_seq_length']}), ST batch "
+          f"{st['batch_size']}; ST texts/s and seconds exclude its model load (load s)")  # fmt: skip
+    print(f"  {'recipe':<42} {'texts/s':>8} {'seconds':>8} {'load s':>7} {'min cos':>8} {'ours/recipe':>11}")
+    for recipe, values in result["recipes"].items():
+        print(f"  {RECIPE_NAMES[recipe]:<42} {values['texts_per_s']:>8.1f} {values['seconds']:>8.1f} "
+              f"{values['load_s']:>7.1f} {values['min_cosine']:>8.5f} {ratios[recipe]:>10.2f}x")  # fmt: skip
+    print(f"  {'jobs.embed --precision bf16, whole process':<42} {ours['texts_per_s']:>8.1f} {ours['wall_s']:>8.1f} "
+          f"{'':>7} {ours['min_cosine']:>8.5f}")  # fmt: skip
+    after = f"{ours['job_s_after_ray_start']:.1f} s ({ours['texts_per_s_after_ray_start']:.1f} texts/s)"
+    print(f"jobs.embed fixed start-up (interpreter, imports, pre-flight, Ray start): {ours['startup_s']:.1f} s; after "
+          f"Ray start {after}")  # fmt: skip
+    print(f"best ST recipe with min cosine >= {MIN_COSINE}: {RECIPE_NAMES[result['best_recipe']]}")
+    for name, target in result["targets"].items():
+        verdict = "met" if target["met"] else "NOT met"
+        print(f"target {name} ({target['recipe']}): {target['ratio']:.2f}x, wanted >= {target['target']}x: {verdict}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="export directory (default: the untouched default backbone)")
     parser.add_argument("--cases", default="short,long", help="comma-separated: short, long")
     parser.add_argument("--skip-job", action="store_true", help="only the in-process comparison")
+    parser.add_argument("--anchor", choices=("st",), help="compare the whole job with sentence-transformers' CPU "
+                        "recipes instead (--cases and --skip-job do not apply)")  # fmt: skip
+    parser.add_argument("--corpus", choices=tuple(CORPORA), default="long", help="--anchor's corpus (default long)")
+    parser.add_argument("--rows", type=int, help="cut --anchor's corpus to this many texts (smoke runs)")
     args = parser.parse_args(argv)
     model = Path(args.model) if args.model else default_export()
     print(f"model {model}; torch threads {torch.get_num_threads()}; cores {os.cpu_count()}")
+    if args.anchor:
+        result = anchor_st(model, args.corpus, args.rows or CORPORA[args.corpus])
+        print(json.dumps(result))
+        return result
     result = {}
     for name in args.cases.split(","):
         texts, source = load_texts(None, CASES[name]) if name == "short" else long_texts(CASES[name])

@@ -30,7 +30,17 @@ from mtl.export_format import is_export
 LEVELS = (1, 8, 32)
 
 
-async def closed_loop(url: str, texts: list[str], concurrency: int, total: int) -> dict:
+def predict_body(text: str) -> dict:
+    return {"texts": [text]}
+
+
+def embeddings_body(text: str) -> dict:
+    return {"input": text, "model": "bench"}
+
+
+async def closed_loop(url: str, texts: list[str], concurrency: int, total: int, body=predict_body) -> dict:
+    """`total` requests of one text each (`body(text)` as JSON) from `concurrency` clients, each sending its next
+    request when the last one is answered."""
     import aiohttp
 
     latencies: list[float] = []
@@ -44,7 +54,7 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, total: int) 
             issued += 1
             started = time.perf_counter()
             try:
-                async with session.post(url, json={"texts": [text]}) as response:
+                async with session.post(url, json=body(text)) as response:
                     await response.read()
                     if response.status != 200:
                         errors[str(response.status)] = errors.get(str(response.status), 0) + 1
@@ -222,11 +232,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--kill", action="store_true", help="also SIGKILL the encoder replica under load: failed, hung, s to recover"
     )
+    parser.add_argument("--anchor", choices=["infinity"], help="instead: the app against Infinity (serve_anchor.py)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="with --anchor: our precisions to serve")
+    parser.add_argument("--anchor-precisions", default="fp32,bf16", help="with --anchor: Infinity's --dtype")
     args = parser.parse_args(argv)
     production = Path("runs/production/export")
     model = Path(args.model) if args.model else production if is_export(production) else default_export()
     texts, source = load_texts(args.data, 2000)
     print(f"model {model}; texts from {source}; cores {os.cpu_count()}")
+    if args.anchor:
+        from jobs.bench.serve_anchor import compare
+
+        result = compare(model, texts, args.requests, args.precisions.split(","), args.anchor_precisions.split(","))
+        print(json.dumps(result))
+        return result
     result: dict = {"model": str(model), "forward_p50_ms": forward_ms(model, texts)}
     print(f"model forward, one text, in-process: p50 {result['forward_p50_ms']:.1f} ms")
 

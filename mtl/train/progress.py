@@ -62,18 +62,20 @@ class Throughput:
     """Steady-state samples/s, real and padded tokens/s, and the seconds per step of each phase (`PHASES`).
 
     Tokens are this rank's times the world size (ranks see batches of similar shape): real tokens are what the model
-    needs, padded tokens what it computes. The first `warmup_steps` are skipped.
+    needs, padded tokens what it computes. The first `warmup_steps` are skipped, except in `train_s`: the seconds of
+    every step (what another trainer gets for an equal-time comparison).
     """
 
     def __init__(self, warmup_steps: int = 2):
         self.warmup_steps = warmup_steps
         self.seen = 0
-        self.step_seconds = 0.0
+        self.step_seconds = self.all_seconds = 0.0
         self.rows = self.tokens = self.real_tokens = 0
         self.phases: dict[str, float] = defaultdict(float)
 
     def step(self, seconds: float, rows: int, tokens: int, real_tokens: int, phases: dict[str, float]) -> None:
         self.seen += 1
+        self.all_seconds += seconds
         if self.seen > self.warmup_steps:
             self.step_seconds += seconds
             self.rows += rows
@@ -95,6 +97,7 @@ class Throughput:
             "step_ms": 1000 * self.step_seconds / steps,
             "phase_ms": {name: 1000 * self.phases.get(name, 0.0) / steps for name in PHASES},
             "steps_measured": steps,
+            "train_s": self.all_seconds,
         }
 
 
