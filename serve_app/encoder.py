@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -11,8 +12,11 @@ import torch
 from ray import serve
 
 from mtl.inference.exported_model import ExportedModel
+from mtl.model.precision import resolve_precision
 from serve_app.batching import Batcher
 from serve_app.metrics import encoder_metrics
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(name="Encoder")
@@ -20,7 +24,9 @@ class Encoder:
     def __init__(self, model_dir: str, precision: str, threads: int | None, device: str = "cpu"):
         if threads:
             torch.set_num_threads(threads)
-        self.model = ExportedModel.load(model_dir, device=device, precision=precision, with_heads=False)
+        self.precision = resolve_precision(precision, device)
+        logger.info("encoder precision %s (asked: %s) on %s", self.precision, precision, device)
+        self.model = ExportedModel.load(model_dir, device=device, precision=self.precision, with_heads=False)
         self.max_batch_size = 32
         self.metrics = encoder_metrics()
         self.calls = Batcher(self.encode_calls, max_batch_size=16, on_batch=self.metrics.batch)
@@ -54,4 +60,5 @@ class Encoder:
 
     def identity(self) -> dict:
         context = serve.get_replica_context()
-        return {"pid": os.getpid(), "replica": context.replica_id.unique_id, "started": self.started}
+        return {"pid": os.getpid(), "replica": context.replica_id.unique_id, "started": self.started,
+                "precision": self.precision}  # fmt: skip

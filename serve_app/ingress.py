@@ -216,11 +216,13 @@ class Ingress:
 
     @api.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(check_token)])
     async def model(self) -> dict:
-        identities = await asyncio.gather(*(self._call(head.identity.remote()) for head in self.heads.values()))
-        heads = dict(zip(self.heads, identities, strict=True))
+        identities = await asyncio.gather(*(self._call(head.identity.remote()) for head in self.heads.values()),
+                                          self._call(self.encoder.identity.remote()))  # fmt: skip
+        heads = dict(zip(self.heads, identities[:-1], strict=True))
         limits = {key: self.limits[key] for key in ("max_texts", "max_chars", "max_body_bytes")}
         embeddings = {"max_inputs": MAX_EMBEDDING_INPUTS, "truncate": self.truncate, "dimensions": self.dimensions}
-        return {**self.info, **self.identity, "embeddings": embeddings, "heads": heads, "limits": limits}
+        return {**self.info, **self.identity, "embeddings": embeddings, "heads": heads, "encoder": identities[-1],
+                "limits": limits}  # fmt: skip
 
     def _model_entry(self) -> dict:
         return {"id": self.identity["model"], "object": "model", "created": self.created, "owned_by": "mtl"}

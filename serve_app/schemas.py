@@ -260,4 +260,5 @@ class ModelInfo(BaseModel):
     provenance: dict
     metrics: dict
     heads: dict[str, dict]
+    encoder: dict = Field(description="the encoder replica that answered: pid, replica id, precision it computes in")
     limits: dict[str, int]

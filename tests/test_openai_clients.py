@@ -23,7 +23,7 @@ API_KEY = "unused-without-a-token"
 
 @pytest.fixture(scope="module")
 def served(tiny_export):
-    harness = LocalServe(tiny_export, num_cpus=2, encoder_cpus=0.5)
+    harness = LocalServe(tiny_export, num_cpus=2, encoder_cpus=0.5, precision="fp32")  # compared with fp32 offline
     yield harness
     harness.close()
 

@@ -28,7 +28,7 @@ TEXTS = ["a gripping , beautiful film", "who wrote hamlet ?", "dull and lifeless
 
 @pytest.fixture(scope="module")
 def served(tiny_export):
-    harness = LocalServe(tiny_export, num_cpus=2, encoder_cpus=0.5)
+    harness = LocalServe(tiny_export, num_cpus=2, encoder_cpus=0.5, precision="fp32")  # compared with fp32 offline
     yield harness
     harness.close()
 
@@ -44,6 +44,7 @@ def test_health_model_and_openapi(served):
     assert info["pooling"] == "mean" and info["dim"] == 32 and info["max_seq_length"] == 32
     assert info["limits"] == {"max_texts": 256, "max_chars": 2000, "max_body_bytes": 4 * 1024 * 1024}
     assert set(info["heads"]) == {"sentiment", "topic"}
+    assert info["encoder"]["precision"] == "fp32" and info["encoder"]["pid"] > 0  # as the fixture asked
     schema = requests.get(f"{served.url}/openapi.json", timeout=10).json()
     assert {"/v1/embed", "/v1/embeddings", "/v1/predict", "/v1/similarity", "/v1/model", "/healthz"} <= set(
         schema["paths"]
