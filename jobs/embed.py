@@ -51,7 +51,7 @@ def parse_options(argv: list[str] | None) -> EmbedOptions:
                         "names to score")  # fmt: skip
     parser.add_argument("--no-normalize", action="store_true", help="raw pooled vectors instead of unit length")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--batch-size", type=int, default=256, help="rows per Ray Data batch (default 256)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="rows per Ray Data batch (default 1024)")
     parser.add_argument("--actors", type=int, default=1, help="model replicas in the actor pool (default 1)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
     parser.add_argument("--gpus-per-actor", type=float, default=0.0)
