@@ -202,7 +202,7 @@ def read_output(directory: Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(path) for path in sorted(directory.glob("part-*.parquet")))
 
 
-def anchor_st(model: Path, corpus: str, rows: int) -> dict:
+def anchor_st(model: Path, corpus: str, rows: int, recipes: tuple[str, ...] | list[str] = RECIPES) -> dict:
     """--anchor st: ST's CPU recipes, then the whole job, on one corpus; see the module docstring."""
     from jobs.bench.anchors import run_script
 
@@ -215,7 +215,7 @@ def anchor_st(model: Path, corpus: str, rows: int) -> dict:
         inputs, vectors, output = f"{directory}/corpus.parquet", f"{directory}/st_fp32.npy", Path(directory, "out")
         pq.write_table(pa.table({"text": texts}), inputs)
         request = {"export": str(model.resolve()), "texts": inputs, "batch_size": ST_BATCH, "threads": threads,
-                   "recipes": list(RECIPES), "vectors": vectors}  # fmt: skip
+                   "recipes": list(recipes), "vectors": vectors}  # fmt: skip
         st = run_script("anchor_st.py", request)
         reference = np.load(vectors)
         job = run_job(model, inputs, str(output), "bf16", "--keep-columns", "text", timeout=3600)
@@ -282,11 +282,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "recipes instead (--cases and --skip-job do not apply)")  # fmt: skip
     parser.add_argument("--corpus", choices=tuple(CORPORA), default="long", help="--anchor's corpus (default long)")
     parser.add_argument("--rows", type=int, help="cut --anchor's corpus to this many texts (smoke runs)")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="--anchor's ST recipes (fp32 always runs: the "
+                        "reference); default all")  # fmt: skip
     args = parser.parse_args(argv)
     model = Path(args.model) if args.model else default_export()
     print(f"model {model}; torch threads {torch.get_num_threads()}; cores {os.cpu_count()}")
     if args.anchor:
-        result = anchor_st(model, args.corpus, args.rows or CORPORA[args.corpus])
+        result = anchor_st(model, args.corpus, args.rows or CORPORA[args.corpus], args.recipes.split(","))
         print(json.dumps(result))
         return result
     result = {}

@@ -71,6 +71,7 @@ VARIANTS = {
     "length+fused+1worker+frozen_embeddings": [*ONE_WORKER, "finetune.freeze_embeddings=true"],
     "length+fused+frozen_embeddings": [*TODAY[2:], "finetune.freeze_embeddings=true"],
     "shipped+frozen_embeddings": ["finetune.freeze_embeddings=true"],  # the preset as shipped, embeddings frozen
+    "length+fused+1worker+autocast": [*ONE_WORKER, "deepspeed.autocast=true"],  # fp32 weights, bf16 autocast
 }
 ANCHORS = {"hf-trainer": "anchor_hf_trainer.py"}
 ANCHOR_TARGET = 1.2  # ours / the anchor's real tokens/s the issue asks for
