@@ -50,7 +50,7 @@ class AppArgs(BaseModel):
     encoder_cpus: float = Field(1.0, gt=0)
     encoder_gpus: float = Field(0.0, ge=0)
     encoder_threads: int | None = Field(None, ge=1)
-    """torch threads in each encoder replica (default: torch's choice)."""
+    """torch threads in each encoder replica (default: 1 when it computes bf16 on a CPU, else torch's choice)."""
     head_cpus: float = Field(0.1, gt=0)
     ingress_cpus: float = Field(0.25, gt=0)
     ingress_replicas: int = Field(1, ge=1)

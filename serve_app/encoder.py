@@ -22,10 +22,13 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment(name="Encoder")
 class Encoder:
     def __init__(self, model_dir: str, precision: str, threads: int | None, device: str = "cpu"):
+        self.precision = resolve_precision(precision, device)
+        if threads is None and self.precision == "bf16" and device == "cpu":
+            threads = 1  # bf16 forwards of a few texts run faster on one thread; the other cores serve the ingress
         if threads:
             torch.set_num_threads(threads)
-        self.precision = resolve_precision(precision, device)
-        logger.info("encoder precision %s (asked: %s) on %s", self.precision, precision, device)
+        logger.info("encoder precision %s (asked: %s) on %s, %d torch threads", self.precision, precision, device,
+                    torch.get_num_threads())  # fmt: skip
         self.model = ExportedModel.load(model_dir, device=device, precision=self.precision, with_heads=False)
         self.max_batch_size = 32
         self.metrics = encoder_metrics()
@@ -61,4 +64,4 @@ class Encoder:
     def identity(self) -> dict:
         context = serve.get_replica_context()
         return {"pid": os.getpid(), "replica": context.replica_id.unique_id, "started": self.started,
-                "precision": self.precision}  # fmt: skip
+                "precision": self.precision, "threads": torch.get_num_threads()}  # fmt: skip
