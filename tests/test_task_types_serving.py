@@ -260,17 +260,17 @@ def test_a_merged_batch_encodes_each_text_once_and_each_head_sees_each_input_onc
         handle.calls.clear()
     results = asyncio.run(app.ingress._infer(calls))
     distinct = len({text for texts, _, _ in calls for text in texts})
-    assert app.encoder.calls == [("encode", [distinct])]
+    assert app.encoder.calls == [("encode_counted", [distinct])]  # vectors and token counts, one call
     assert app.handles["nli"].calls == [("__call__", [len(PAIRS), len(PAIRS)])]  # 3 distinct pairs, two batches
     assert app.handles["sentiment"].calls == [("__call__", [2])]
     offline = model.predict_pairs(PAIRS)
-    _, outputs = results[1]
+    _, outputs, _ = results[1]
     np.testing.assert_allclose(outputs["sts"], [p["sts"]["cosine"] for p in offline], atol=1e-5)
     np.testing.assert_allclose(outputs["nli"].sum(axis=1), 1.0, atol=1e-5)
-    _, repeated = results[2]
+    _, repeated, _ = results[2]
     np.testing.assert_allclose(repeated["nli"], [list(offline[0]["nli"]["probabilities"].values())] * 2, atol=1e-5)
-    vectors, nothing = results[3]
-    assert nothing == {} and vectors.shape == (2, model.dim)
+    vectors, nothing, counts = results[3]
+    assert nothing == {} and vectors.shape == (2, model.dim) and counts.shape == (2,)
 
 
 BAD = [
