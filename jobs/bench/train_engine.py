@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -37,10 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "WORLD_SIZE": "1",
                        "LOCAL_RANK": "0"}.items():  # fmt: skip
         os.environ.setdefault(key, value)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from anchor_hf_trainer import MultiTaskModel  # the anchor's model, not ours: the comparison is of engines
     from transformers import AutoTokenizer
 
+    from jobs.bench.anchor_hf_trainer import MultiTaskModel  # the anchor's model, not ours: engines are compared
     from mtl.model.backbone import resolve_backbone
 
     torch.set_num_threads(2)
