@@ -43,8 +43,8 @@ class AppArgs(BaseModel):
     """A call to the encoder or a head that takes longer is a 503 with Retry-After, never a hung request."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Encoder weights and compute: `auto` is bf16 where the hardware has it natively (AVX512-BF16/AMX CPUs, GPUs that
-    support it), else fp32; each encoder replica decides on its own machine and reports it (`/v1/model` heads'
-    neighbour `encoder` identity, its log). bf16 served 1.9x fp32's requests at concurrency 32 on this 2-core AMX
+    support it), else fp32; each encoder replica decides on its own machine and reports it (`/v1/model` ->
+    `encoder.precision`, and its log). bf16 served 1.9-2.2x fp32's requests at concurrency 32 on this 2-core AMX
     machine, vectors at cosine >= 0.9998 to fp32 (python -m jobs.bench.serve --anchor infinity)."""
     encoder_replicas: int = Field(1, ge=1)
     encoder_cpus: float = Field(1.0, gt=0)
