@@ -58,7 +58,10 @@ def test_runs_log_retention_and_best_respects_the_stsb_budget(make_config, tmp_p
         "optim": {"head_lr": 5e-3, "backbone_lr": 3e-3, "warmup_ratio": 0.0},
         "train": {"max_steps": 30, "eval_every": 5, "checkpoint_every": 30, "log_every": 5},
     }
-    budget = 0.05
+    # Below the smallest Spearman step of 8 pairs but one swap (6*2/504 = 0.024 < 0.03 < 0.048): how far a full
+    # fine-tune of the random tiny encoder moves the pairs differs between CPUs (CI saw -0.048 at every validation,
+    # this machine -0.48 to -0.95); with this budget both runs cross it.
+    budget = 0.03
     targets = {"sentiment": {"labels": SENTIMENT, "target_accuracy": 0.6}, "topic": {"labels": TOPIC}}
     result = train_locally(
         make_config(**sections, tasks=targets, retain={"method": "distill", "weight": 0.5, "max_stsb_drop": budget})
