@@ -335,6 +335,9 @@ class ScalingConfig(Section):
     """torch threads per worker; default: Ray's (the worker's whole-CPU reservation, at least 1)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How Ray places the workers on nodes; STRICT_SPREAD puts every worker on a different node."""
+    allocator: Literal["auto", "jemalloc", "system"] = "auto"
+    """The workers' memory allocator: jemalloc (Ray's bundled one, set to keep freed pages: no page faults for the
+    step's large tensors; mtl.train.worker_allocator) or the system's malloc; auto: jemalloc where Ray ships it."""
 
 
 class RunConfig(Section):

@@ -21,6 +21,7 @@ from mtl.train.ray_session import REFUSED_FILE, raise_if_refused, train_worker
 from mtl.train.run_record import check_or_record
 from mtl.train.run_result import finish_run
 from mtl.train.teacher_embeddings import teacher_embeddings
+from mtl.train.worker_allocator import worker_runtime_env
 
 
 def storage_visibility(root: str) -> dict[str, bool]:
@@ -132,6 +133,7 @@ def train_on_ray(config: Config, plan: TrainingPlan | None = None) -> dict:
             storage_path=root,
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
+            worker_runtime_env=worker_runtime_env(config.scaling),  # an allocator is chosen at process start
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),

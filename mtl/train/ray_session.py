@@ -17,6 +17,7 @@ from mtl.data.length_grouping import Batch
 from mtl.data.stream_position import EPOCH_END, StreamPosition
 from mtl.errors import UserError
 from mtl.train.recipe import run_training
+from mtl.train.worker_allocator import allocator_in_use
 
 SHUFFLE_BUFFER_ROWS = 2_048
 # Written into the run directory by a worker whose run hit a `UserError` (config, data, backbone): Ray Train retries
@@ -134,7 +135,7 @@ def _train(worker_config: dict) -> None:
     node = ray.get_runtime_context().get_node_id()
     print(
         f"worker rank {session.rank}/{session.world_size} on node {node} pid {os.getpid()} "
-        f"torch threads {torch.get_num_threads()}",
+        f"torch threads {torch.get_num_threads()}, {allocator_in_use()}",
         flush=True,
     )
     result = run_training(config, session)
