@@ -71,6 +71,8 @@ VARIANTS = {
     "length+fused+1worker+frozen_embeddings": [*ONE_WORKER, "finetune.freeze_embeddings=true"],
     "length+fused+frozen_embeddings": [*TODAY[2:], "finetune.freeze_embeddings=true"],
     "shipped+frozen_embeddings": ["finetune.freeze_embeddings=true"],  # the preset as shipped, embeddings frozen
+    "shipped+compile": ["train.compile=true"],  # the preset as shipped, the encoder under torch.compile
+    "shipped+system_malloc": ["scaling.allocator=system"],  # the preset as shipped, glibc's malloc in the worker
     "length+fused+1worker+autocast": [*ONE_WORKER, "deepspeed.autocast=true"],  # fp32 weights, bf16 autocast
 }
 ANCHORS = {"hf-trainer": "anchor_hf_trainer.py"}

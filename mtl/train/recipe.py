@@ -23,6 +23,7 @@ from mtl.data.length_grouping import Batch, TokenBatch, length_grouped
 from mtl.data.stream_position import RowLog
 from mtl.data.tokenization import pad
 from mtl.model.backbone import load_tokenizer, starting_encoder_dir
+from mtl.model.fast_dropout import use_fast_dropout
 from mtl.model.multitask import build_model
 from mtl.model.precision import autocast
 from mtl.model.strategies import apply_strategy, format_report, parameter_report
@@ -149,6 +150,8 @@ class Recipe:
         deepspeed = import_deepspeed(config.scaling.use_gpu)
         set_seed(config.train.seed)  # python, numpy and torch
         model = apply_strategy(build_model(config), config.finetune)
+        if not config.scaling.use_gpu:
+            use_fast_dropout(model)  # same keep rate and scaling, a cheaper mask (mtl.model.fast_dropout)
         if session.rank == 0:
             print(format_report(parameter_report(model)), flush=True)
         l2sp = L2SP(model) if config.retain.method == "l2sp" else None  # the weights before any step
