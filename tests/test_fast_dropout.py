@@ -33,6 +33,14 @@ def test_eval_mode_and_p_zero_are_the_identity():
     assert torch.equal(FastDropout(0.0).train()(hidden), hidden)
 
 
+def test_p_that_16_bits_cannot_tell_from_one_and_inplace_are_torchs_dropout():
+    torch.manual_seed(0)
+    assert int((FastDropout(1 - 1e-6).train()(torch.ones(100_000)) != 0).sum()) < 5  # not everything kept x 1e6
+    hidden = torch.ones(1000)
+    FastDropout(0.5, inplace=True).train()(hidden)
+    assert 0.4 < float((hidden == 0).float().mean()) < 0.6  # dropped in place, as nn.Dropout does
+
+
 def test_torch_seed_makes_the_masks_repeatable():
     def masks(seed):
         torch.manual_seed(seed)

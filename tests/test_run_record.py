@@ -40,3 +40,15 @@ def test_local_training_refuses_to_resume_a_run_with_reversed_labels(make_config
     )
     with pytest.raises(ConfigError, match="tasks.topic.labels"):
         train_locally(reversed_labels)
+
+
+def test_a_run_recorded_before_the_cpu_speed_switches_resumes_and_may_switch_them(make_config, tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    files = [str(write_parquet(tmp_path / "d" / "train.parquet", synthetic_rows(40)))]
+    check_or_record(run_dir, make_config(), files)
+    (run_dir / "checkpoint_1").mkdir()
+    record = json.loads((run_dir / RECORD).read_text())
+    del record["config"]["scaling"]["allocator"], record["config"]["train"]["fast_dropout"]  # an older release's
+    (run_dir / RECORD).write_text(json.dumps(record))
+    check_or_record(run_dir, make_config(), files)
+    check_or_record(run_dir, make_config(scaling={"allocator": "system"}, train={"fast_dropout": False}), files)

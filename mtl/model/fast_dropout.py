@@ -5,7 +5,8 @@ draw per element), five times the 384 x 384 matmul that produced it; a BERT laye
 embeddings one more, so in training they were about a third of the forward pass. `FastDropout` keeps every element
 with probability 1 - p, quantised to 1/65,536 (p = 0.1 -> 0.100006), and scales kept ones by 1/(1 - p) as
 `nn.Dropout`; the generator is seeded from torch's default generator on every call, so `set_seed` still makes a
-run repeatable. In eval mode, with p = 0, or on other devices it is `nn.Dropout` itself.
+run repeatable. In eval mode, on other devices, in place, under `torch.compile` (whose graph a NumPy call would
+break), or for p within 1/131,072 of 0 or 1 it is `nn.Dropout` itself.
 (`python -m jobs.bench.train_engine --engines deepspeed,deepspeed+fast_dropout` times both.)
 """
 
@@ -34,7 +35,8 @@ class FastDropout(nn.Dropout):
     """`nn.Dropout` whose training-mode CPU mask comes from `dropout_scale`."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or hidden.device.type != "cpu" or self.p >= 1.0:
+        cheap = self.training and hidden.device.type == "cpu" and not self.inplace and not torch.compiler.is_compiling()
+        if not cheap or round(self.p * LEVELS) in (0, LEVELS):  # p that 16 bits cannot tell from 0 or 1: torch's
             return super().forward(hidden)
         return hidden * dropout_scale(hidden.shape, self.p, hidden.dtype)
 

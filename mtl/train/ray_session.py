@@ -17,7 +17,7 @@ from mtl.data.length_grouping import Batch
 from mtl.data.stream_position import EPOCH_END, StreamPosition
 from mtl.errors import UserError
 from mtl.train.recipe import run_training
-from mtl.train.worker_allocator import allocator_in_use
+from mtl.train.worker_allocator import allocator_in_use, keep_from_children
 
 SHUFFLE_BUFFER_ROWS = 2_048
 # Written into the run directory by a worker whose run hit a `UserError` (config, data, backbone): Ray Train retries
@@ -138,6 +138,7 @@ def _train(worker_config: dict) -> None:
         f"torch threads {torch.get_num_threads()}, {allocator_in_use()}",
         flush=True,
     )
+    keep_from_children()
     result = run_training(config, session)
     if session.rank == 0 and worker_config.get("results") is not None:
         worker_config["results"].put(result)  # what training returned, to the driver (Ray Train drops it)

@@ -150,7 +150,7 @@ class Recipe:
         deepspeed = import_deepspeed(config.scaling.use_gpu)
         set_seed(config.train.seed)  # python, numpy and torch
         model = apply_strategy(build_model(config), config.finetune)
-        if config.train.fast_dropout and not config.scaling.use_gpu:
+        if config.train.fast_dropout and not config.scaling.use_gpu and not config.train.compile:
             use_fast_dropout(model)  # same keep rate and scaling, a cheaper mask (mtl.model.fast_dropout)
         if session.rank == 0:
             print(format_report(parameter_report(model)), flush=True)

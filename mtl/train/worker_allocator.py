@@ -29,11 +29,18 @@ def bundled_jemalloc() -> Path | None:
     return library if library.is_file() else None
 
 
+ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")  # names a preloaded allocator library has
+
+
 def worker_runtime_env(scaling: ScalingConfig) -> dict:
     """The runtime env for the training workers: `LD_PRELOAD` of jemalloc and its `MALLOC_CONF`, or {} for the
-    system allocator. `scaling.allocator: jemalloc` where this Ray has none is an error; `auto` then says so in the
-    workers' start-up line (`allocator_in_use`)."""
+    system allocator. `auto` leaves GPU workers and a job that preloads an allocator of its own as they are; where
+    this Ray has no jemalloc `auto` is the system's (the workers' start-up line says which, `allocator_in_use`) and
+    `jemalloc` an error."""
+    preloaded = os.environ.get("LD_PRELOAD", "")
     if scaling.allocator == "system":
+        return {}
+    if scaling.allocator == "auto" and (scaling.use_gpu or any(name in preloaded for name in ALLOCATORS)):
         return {}
     library = bundled_jemalloc()
     if library is None:
@@ -43,12 +50,29 @@ def worker_runtime_env(scaling: ScalingConfig) -> dict:
                 "do); set scaling.allocator to auto or system"
             )
         return {}
-    preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD")]))
+    preload = " ".join(filter(None, [str(library), preloaded]))
     return {"env_vars": {"LD_PRELOAD": preload, "MALLOC_CONF": JEMALLOC_CONF}}
 
 
 def allocator_in_use() -> str:
-    """What this process allocates with, for its start-up line: `jemalloc (<conf>)` or `system malloc`."""
+    """What this process allocates with, for its start-up line: the preloaded allocator library it has mapped
+    (`jemalloc (<MALLOC_CONF>)`), `system malloc`, or a warning when `LD_PRELOAD` named jemalloc but it did not load
+    (a path that does not exist on this node)."""
+    try:
+        mapped = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux
+        mapped = ""
+    for name in ALLOCATORS:
+        if f"lib{name}" in mapped:
+            return f"{name} ({os.environ.get('MALLOC_CONF', 'default settings')})" if name == "jemalloc" else name
     if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
-        return f"jemalloc ({os.environ.get('MALLOC_CONF', 'default settings')})"
+        return f"system malloc (WARNING: LD_PRELOAD={os.environ['LD_PRELOAD']} did not load here)"
     return "system malloc"
+
+
+def keep_from_children() -> None:
+    """Drop the preload from this process's environment once it is loaded, so the processes a worker starts
+    (DeepSpeed's and torch.compile's compilers) keep the system allocator."""
+    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+        os.environ.pop("LD_PRELOAD")
+        os.environ.pop("MALLOC_CONF", None)
