@@ -78,3 +78,11 @@ def test_the_workers_env_loads_jemalloc_and_stops_the_page_faults_of_a_freed_lar
 def test_a_preload_that_did_not_load_is_named_in_the_start_up_line():
     says = churn({"LD_PRELOAD": "/nonexistent/libjemalloc.so"})["says"]
     assert says.startswith("system malloc (WARNING: LD_PRELOAD=/nonexistent/libjemalloc.so did not load")
+
+
+def test_plan_training_refuses_jemalloc_where_ray_has_none_before_ray_starts(make_config, monkeypatch):
+    from mtl.train.preflight import plan_training
+
+    monkeypatch.setattr(worker_allocator, "bundled_jemalloc", lambda: None)
+    with pytest.raises(ConfigError, match="scaling.allocator=jemalloc"):
+        plan_training(make_config(scaling={"allocator": "jemalloc"}))

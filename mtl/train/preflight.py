@@ -24,6 +24,7 @@ from mtl.data.contract import (
 )
 from mtl.export_format import MANIFEST_FILE, is_export
 from mtl.train.tracking import check_tracking
+from mtl.train.worker_allocator import worker_runtime_env
 
 # torch, transformers and Ray are imported where first needed, after the cheap checks: a glob typo or a missing
 # column is refused before any of them loads (a few seconds each on a small machine).
@@ -175,6 +176,7 @@ def plan_training(config: Config) -> TrainingPlan:
     if config.data.stsb:
         existing_file(config.data.stsb, "data.stsb")
     check_backbone(config)
+    worker_runtime_env(config.scaling)  # scaling.allocator=jemalloc where this Ray ships none: refused before Ray
     from mtl.data.ray_datasets import validate_files
 
     train_files, train_report, counts, weight_sums = validate_files(train_files, config, "data.train")

@@ -19,6 +19,7 @@ from mtl.config import ConfigError, ScalingConfig
 # Never return freed pages to the OS (dirty and muzzy decay off) and keep large allocations in the ordinary arenas
 # (no oversize arena, which purges at once): a worker's footprint is its peak, and steady-state steps fault nothing.
 JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")  # names a preloaded allocator library has
 
 
 def bundled_jemalloc() -> Path | None:
@@ -27,9 +28,6 @@ def bundled_jemalloc() -> Path | None:
 
     library = Path(ray.__file__).parent / "core" / "libjemalloc.so"
     return library if library.is_file() else None
-
-
-ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")  # names a preloaded allocator library has
 
 
 def worker_runtime_env(scaling: ScalingConfig) -> dict:
