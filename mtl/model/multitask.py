@@ -14,6 +14,7 @@ from torch import nn
 from mtl.config import Config, ConfigError
 from mtl.model.backbone import load_encoder, starting_encoder_dir
 from mtl.model.heads import build_heads, check_head, load_head_into, pair_features
+from mtl.model.length_chunks import chunked, padded_tokens, plan_chunks
 from mtl.model.pooling import normalize, pool, resolve_pooling
 
 
@@ -30,9 +31,23 @@ class MultiTaskModel(nn.Module):
         self.pooling = pooling
         self.task_types = {name: kind for name, (kind, _) in specs.items()}
         self.heads = build_heads(encoder.config.hidden_size, specs)
+        # (max passes, cost of a pass in padded tokens) for `pooled` (mtl.model.length_chunks); training sets it.
+        self.length_chunks = (1, 0)
+        self.last_padded_tokens = 0  # what the last `pooled` computed, padding included (the trainer's meter)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The sentence vector that feeds every head, not normalised."""
+        """The sentence vector that feeds every head, not normalised. Texts must be right-padded (BERT-style
+        tokenizers are); with `length_chunks` > 1 they run as length chunks, each cut to its own longest."""
+        max_chunks, cost = self.length_chunks
+        if max_chunks <= 1:
+            self.last_padded_tokens = input_ids.numel()
+            return self._pooled(input_ids, attention_mask)
+        lengths = attention_mask.sum(dim=1).cpu().numpy()
+        chunks = plan_chunks(lengths, max_chunks, cost)
+        self.last_padded_tokens = padded_tokens(lengths, chunks)
+        return chunked(self._pooled, input_ids, attention_mask, chunks)
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         # Accumulate in fp32 like inference (a bf16 sum over 128 tokens loses digits), then back to the heads' dtype.
         return pool(self.pooling, hidden.float(), attention_mask).to(hidden.dtype)  # (B, H)

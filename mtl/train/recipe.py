@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from mtl.config import Config
+from mtl.config import Config, ConfigError
 from mtl.data.length_grouping import Batch, TokenBatch, length_grouped
 from mtl.data.stream_position import RowLog
 from mtl.data.tokenization import pad
@@ -152,12 +152,20 @@ class Recipe:
         model = apply_strategy(build_model(config), config.finetune)
         if config.train.fast_dropout and not config.scaling.use_gpu and not config.train.compile:
             use_fast_dropout(model)  # same keep rate and scaling, a cheaper mask (mtl.model.fast_dropout)
+        self.tokenizer = load_tokenizer(config.model, starting_encoder_dir(config.model))
+        if config.train.length_chunks > 1:
+            if self.tokenizer.padding_side != "right":
+                raise ConfigError(
+                    f"train.length_chunks={config.train.length_chunks} cuts padded batches at their longest text, "
+                    f"which needs right padding; this tokenizer pads on the {self.tokenizer.padding_side}: set "
+                    "train.length_chunks=1"
+                )
+            model.length_chunks = (config.train.length_chunks, config.train.chunk_cost_tokens)
         if session.rank == 0:
             print(format_report(parameter_report(model)), flush=True)
         l2sp = L2SP(model) if config.retain.method == "l2sp" else None  # the weights before any step
         if config.train.compile:
             model.encoder.compile(dynamic=True)  # in place: parameter names (checkpoints, export) stay as they are
-        self.tokenizer = load_tokenizer(config.model, starting_encoder_dir(config.model))
         optimizer = build_optimizer(model, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -246,12 +254,12 @@ class Recipe:
                 batch = next(self.batches)
             with timer.phase("tokenize"):
                 inputs = to_device(batch, self.tokenizer, engine.device)
-            step_tokens += inputs["input_ids"].numel() * session.world_size
             step_real_tokens += int(inputs["attention_mask"].sum()) * session.world_size
             with timer.phase("forward"):
                 outputs, pooled = engine(
                     inputs["input_ids"], inputs["attention_mask"], inputs["pair_rows"], return_pooled=True
                 )
+                step_tokens += engine.module.last_padded_tokens * session.world_size  # as passed: length chunks
                 loss, per_task = multitask_loss(
                     outputs, inputs["task_ids"], inputs["labels"], loss_weights, reduction=config.train.task_loss,
                     scores=inputs["scores"], tasks=config.tasks,

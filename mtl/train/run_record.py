@@ -19,12 +19,14 @@ from mtl.config import Config, ConfigError
 RECORD = "run.json"
 # Settings a resumed run may change: how long it runs on, how often it logs, validates and keeps checkpoints, how
 # it reacts to failures, and CPU speed switches that leave what a step computes as it was (the workers' allocator;
-# where dropout masks are drawn from: the same keep rate and scaling). Also what lets a run recorded before those
+# where dropout masks are drawn from: the same keep rate and scaling; how a batch is cut into length chunks: the same
+# rows, losses and gradients). Also what lets a run recorded before those
 # keys existed resume.
 MAY_CHANGE = {
     "run.max_failures", "run.keep_checkpoints", "run.if_exists", "train.max_steps", "train.log_every",
     "train.eval_every", "train.checkpoint_every", "train.profile_phases", "train.log_rows",
     "tracking.backends", "tracking.mlflow_uri", "tracking.experiment", "scaling.allocator", "train.fast_dropout",
+    "train.length_chunks", "train.chunk_cost_tokens",
 }  # fmt: skip
 
 
