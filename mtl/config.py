@@ -285,9 +285,11 @@ class TrainConfig(Section):
     fast_dropout: bool = True
     """On CPU, the model's dropouts draw their masks from 16-bit PCG64 draws (mtl.model.fast_dropout: same keep rate
     and scaling, ~3x cheaper than torch's bernoulli); false: torch's own dropout."""
-    length_chunks: int = Field(4, ge=1, le=16)
+    length_chunks: int = Field(1, ge=1, le=16)
     """Up to this many encoder passes per micro batch, its texts split by token count so that each pass pads to its
-    own longest (mtl.model.length_chunks): same rows, losses and gradients, fewer padded tokens; 1: one padded pass."""
+    own longest (mtl.model.length_chunks): same rows, losses and gradients, fewer padded tokens; 1 (default): one
+    padded pass. On this project's short texts the extra passes cost about what the padding saved (docs/benchmarks.md);
+    worth it where tasks' lengths differ widely (long documents beside short queries)."""
     chunk_cost_tokens: int = Field(128, ge=0)
     """What one more pass costs, in padded tokens: a split is made only where it saves more than this per chunk."""
     profile_phases: bool = False

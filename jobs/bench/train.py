@@ -74,6 +74,7 @@ VARIANTS = {
     "shipped+compile": ["train.compile=true"],  # the preset as shipped, the encoder under torch.compile
     "shipped+system_malloc": ["scaling.allocator=system"],  # the preset as shipped, glibc's malloc in the worker
     "shipped+torch_dropout": ["train.fast_dropout=false"],  # the preset as shipped, torch's own dropout masks
+    "shipped+length_chunks": ["train.length_chunks=4"],  # the preset as shipped, micro batches as length chunks
     # the preset as it ran on 2026-12-01 (2,646 real tokens/s in its run summary): neither CPU switch
     "shipped+system_malloc+torch_dropout": ["scaling.allocator=system", "train.fast_dropout=false"],
     "length+fused+1worker+autocast": [*ONE_WORKER, "deepspeed.autocast=true"],  # fp32 weights, bf16 autocast
