@@ -92,6 +92,18 @@ def test_resume_continues_from_the_last_checkpoint(make_config, capsys):
     assert [line.split()[1] for line in output.splitlines() if line.startswith("step ")] == ["15/15"]
 
 
+def test_length_chunks_meter_fewer_padded_tokens_for_the_same_run(make_config, capsys):
+    train = {"max_steps": 6, "checkpoint_every": 6, "eval_every": 6, "log_every": 3}
+    data = {"length_window": 0}  # random batches: rows of 8-10 word pieces pad to their batch's longest
+    one_pass, _ = run(make_config, capsys, optim=FAST, train=train, data=data)
+    chunked, _ = run(make_config, capsys, optim=FAST, data=data, run={"name": "chunked"},
+                     train={**train, "length_chunks": 4, "chunk_cost_tokens": 0})  # fmt: skip
+    assert chunked["steps"] == 6
+    # Same rows: real tokens per sample alike; with free passes each chunk pads to nothing.
+    assert chunked["throughput"]["padded_per_real_token"] == pytest.approx(1.0)
+    assert one_pass["throughput"]["padded_per_real_token"] > 1.0
+
+
 def test_frozen_head_does_not_move(make_config, capsys, tmp_path):
     first, _ = run(make_config, capsys, optim=FAST, train={"max_steps": 5})
     before = load_file(f"{first['export_dir']}/heads/topic.safetensors")

@@ -53,15 +53,17 @@ def padded_tokens(lengths: np.ndarray, chunks: list[np.ndarray]) -> int:
     return int(sum(len(rows) * lengths[rows].max() for rows in chunks if len(rows)))
 
 
-def chunked(pass_fn, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunks: list[np.ndarray]) -> torch.Tensor:
-    """`pass_fn(ids, mask) -> (n, H)` over each chunk cut to its own longest text, back in the batch's row order."""
+def chunked(
+    pass_fn, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: np.ndarray, chunks: list[np.ndarray]
+) -> torch.Tensor:
+    """`pass_fn(ids, mask) -> (n, H)` over each chunk cut to its own longest text (`lengths`: real tokens per row),
+    back in the batch's row order."""
     if len(chunks) == 1:
         return pass_fn(input_ids, attention_mask)
-    lengths = attention_mask.sum(dim=1)
     parts, order = [], []
     for rows in chunks:
         index = torch.as_tensor(rows, dtype=torch.long, device=input_ids.device)
-        width = int(lengths[index].max())
+        width = int(lengths[rows].max())
         parts.append(pass_fn(input_ids[index, :width], attention_mask[index, :width]))
         order.append(index)
     pooled = torch.cat(parts)

@@ -45,7 +45,7 @@ class MultiTaskModel(nn.Module):
         lengths = attention_mask.sum(dim=1).cpu().numpy()
         chunks = plan_chunks(lengths, max_chunks, cost)
         self.last_padded_tokens = padded_tokens(lengths, chunks)
-        return chunked(self._pooled, input_ids, attention_mask, chunks)
+        return chunked(self._pooled, input_ids, attention_mask, lengths, chunks)
 
     def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)

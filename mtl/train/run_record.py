@@ -20,8 +20,7 @@ RECORD = "run.json"
 # Settings a resumed run may change: how long it runs on, how often it logs, validates and keeps checkpoints, how
 # it reacts to failures, and CPU speed switches that leave what a step computes as it was (the workers' allocator;
 # where dropout masks are drawn from: the same keep rate and scaling; how a batch is cut into length chunks: the same
-# rows, losses and gradients). Also what lets a run recorded before those
-# keys existed resume.
+# rows, losses and gradients). Also what lets a run recorded before those keys existed resume.
 MAY_CHANGE = {
     "run.max_failures", "run.keep_checkpoints", "run.if_exists", "train.max_steps", "train.log_every",
     "train.eval_every", "train.checkpoint_every", "train.profile_phases", "train.log_rows",
