@@ -104,6 +104,20 @@ def test_length_chunks_meter_fewer_padded_tokens_for_the_same_run(make_config, c
     assert one_pass["throughput"]["padded_per_real_token"] > 1.0
 
 
+def test_one_worker_skips_the_gradient_reduction_with_itself(make_config, capsys, monkeypatch):
+    # One worker at ZeRO-0 has nothing to average: no time goes to DeepSpeed's all-reduce, and the weights come out
+    # as they do with it (bitwise: the reduction with itself is the identity).
+    sections = {"finetune": {"strategy": "full"}, "optim": FAST, "train": {"max_steps": 8}}
+    skipped, _ = run(make_config, capsys, **sections)
+    assert skipped["throughput"]["phase_ms"]["grad_sync"] == 0.0
+    monkeypatch.setattr("mtl.train.recipe.skip_lone_reduction", lambda *args: None)
+    reduced, _ = run(make_config, capsys, **sections, run={"name": "reduced"})
+    assert reduced["throughput"]["phase_ms"]["grad_sync"] > 0.0
+    for name in ("model.safetensors", "heads/topic.safetensors"):
+        ours, theirs = load_file(f"{skipped['export_dir']}/{name}"), load_file(f"{reduced['export_dir']}/{name}")
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
 def test_frozen_head_does_not_move(make_config, capsys, tmp_path):
     first, _ = run(make_config, capsys, optim=FAST, train={"max_steps": 5})
     before = load_file(f"{first['export_dir']}/heads/topic.safetensors")

@@ -8,7 +8,8 @@ model is the Trainer anchor's (`jobs/bench/anchor_hf_trainer.py`: MiniLM, mean p
 are the Trainer's own (its length-grouped sampler and padding collator over the shared SST-2 + TREC mixture, 64 rows,
 max 64 word pieces; its first, longest batch skipped); 2 threads, no Ray. Engines: `plain` = `torch.autocast` bf16
 over fp32 weights, fused AdamW, clipping (what the Trainer does); `deepspeed` = DeepSpeed bf16 (bf16 weights, fp32
-master copy, ZeRO-0, clipping 1.0, as our recipe) with the same fused AdamW; `+fast_dropout`: the model's dropouts
+master copy, ZeRO-0, clipping 1.0, as our recipe) with the same fused AdamW; `deepspeed_autocast` = DeepSpeed's
+`torch_autocast` recipe (fp32 weights, no master copy: `deepspeed.autocast`); `+fast_dropout`: the model's dropouts
 drawn by `mtl.model.fast_dropout` (what our recipe does on CPU). Allocators: `system` (glibc malloc) and
 `jemalloc` (Ray's bundled one with `mtl.train.worker_allocator.JEMALLOC_CONF`, what our training workers get).
 Every (allocator, engine) pair runs in a fresh process (an allocator is chosen at process start, and a process's
@@ -30,7 +31,13 @@ import time
 
 ROWS = 64
 DATA = "../shared/data/mixed"
-ENGINES = ("plain", "deepspeed", "plain+fast_dropout", "deepspeed+fast_dropout")
+ENGINES = (
+    "plain",
+    "deepspeed",
+    "plain+fast_dropout",
+    "deepspeed+fast_dropout",
+    "deepspeed_autocast+fast_dropout",
+)
 ALLOCATORS = ("system", "jemalloc")
 
 
@@ -102,6 +109,8 @@ def one(engine: str, steps: int) -> dict:
         ensure_single_process_group(use_gpu=False)
         config = {"train_micro_batch_size_per_gpu": ROWS, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
                   "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0, "steps_per_print": 10**9}  # fmt: skip
+        if engine.startswith("deepspeed_autocast"):  # fp32 weights, bf16 autocast inside the engine's forward
+            config.update(bf16={"enabled": False}, torch_autocast={"enabled": True, "dtype": "bfloat16"})
         engine_, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
 
         def forward(batch):
