@@ -104,10 +104,11 @@ def test_length_chunks_meter_fewer_padded_tokens_for_the_same_run(make_config, c
     assert one_pass["throughput"]["padded_per_real_token"] > 1.0
 
 
-def test_one_worker_skips_the_gradient_reduction_with_itself(make_config, capsys, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: DeepSpeed's BF16_Optimizer and its fp32 gradients
+def test_one_worker_skips_the_gradient_reduction_with_itself(make_config, capsys, monkeypatch, precision):
     # One worker at ZeRO-0 has nothing to average: no time goes to DeepSpeed's all-reduce, and the weights come out
     # as they do with it (bitwise: the reduction with itself is the identity).
-    sections = {"finetune": {"strategy": "full"}, "optim": FAST, "train": {"max_steps": 8}}
+    sections = {"finetune": {"strategy": "full"}, "optim": FAST, "train": {"max_steps": 8, "precision": precision}}
     skipped, _ = run(make_config, capsys, **sections)
     assert skipped["throughput"]["phase_ms"]["grad_sync"] == 0.0
     monkeypatch.setattr("mtl.train.recipe.skip_lone_reduction", lambda *args: None)
